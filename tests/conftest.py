@@ -1,0 +1,57 @@
+"""Session fixtures: the cluster every integration and e2e test runs against.
+
+By default the project's own control plane (testenv/) is started once per session and
+stopped at the end, also on failure or Ctrl-C. With KUBECONFIG set explicitly, the tests
+use that cluster instead (for example kind, on a machine with Docker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testenv.controlplane import ControlPlane, TestenvError, find_binaries  # noqa: E402
+
+from tests.support.cluster import Cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        kubectl = shutil.which("kubectl")
+        try:
+            b = find_binaries()
+            kubectl_path, helm, keda = b.kubectl, b.helm, b.keda_crds
+        except TestenvError:
+            if kubectl is None:
+                pytest.fail("KUBECONFIG is set but no kubectl was found", pytrace=False)
+            kubectl_path, helm, keda = Path(kubectl), None, None
+        yield Cluster(Path(external), kubectl_path, helm, keda, local=False)
+        return
+    try:
+        cp = ControlPlane()
+        cp.start()
+    except TestenvError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        assert cp.binaries is not None
+        yield Cluster(cp.kubeconfig, cp.binaries.kubectl, cp.binaries.helm, cp.binaries.keda_crds)
+    finally:
+        cp.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    name = cluster.create_namespace()
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false")
