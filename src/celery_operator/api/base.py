@@ -1,0 +1,142 @@
+"""Shared pieces of the three CRD models.
+
+Field names are camelCase on the wire (the API contract) and snake_case in Python.
+Core Kubernetes types (EnvVar, Affinity, ...) are kept as plain dicts in Python and are
+passed through verbatim into rendered children; in the generated CRD each one carries the
+real upstream OpenAPI schema (see `k8s_schemas.json`), so the apiserver validates them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "celeryproject.org"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+K8S_REF = "x-celery-operator-k8s-ref"
+# Every core type the models embed; testenv/k8s_schemas.py extracts their upstream schemas.
+K8S_DEFINITIONS: set[str] = set()
+
+
+def k8s(definition: str) -> Any:
+    """A core Kubernetes type, by its OpenAPI definition name (e.g. io.k8s.api.core.v1.EnvVar).
+
+    In Python it is a dict; in the CRD schema, the upstream schema of that definition.
+    """
+    K8S_DEFINITIONS.add(definition)
+    return Annotated[dict[str, Any], WithJsonSchema({K8S_REF: definition})]
+
+
+def sub(factory: type[BaseModel], description: str) -> Any:
+    """A nested object field that is always present, defaulted by the apiserver too.
+
+    Its schema default is `{}` (the apiserver then fills the nested defaults), except for
+    models with CEL rules: the apiserver checks rules against the default as written, so
+    those default to their fully defaulted form.
+    """
+    extra = factory.model_config.get("json_schema_extra") or {}
+    default: dict[str, Any] = {}
+    if isinstance(extra, dict) and "x-kubernetes-validations" in extra:
+        default = factory().model_dump(by_alias=True, exclude_none=True, mode="json")
+    return Field(
+        default_factory=factory, description=description, json_schema_extra={"default": default}
+    )
+
+
+EnvVar = k8s("io.k8s.api.core.v1.EnvVar")
+EnvFromSource = k8s("io.k8s.api.core.v1.EnvFromSource")
+ResourceRequirements = k8s("io.k8s.api.core.v1.ResourceRequirements")
+Toleration = k8s("io.k8s.api.core.v1.Toleration")
+Affinity = k8s("io.k8s.api.core.v1.Affinity")
+TopologySpreadConstraint = k8s("io.k8s.api.core.v1.TopologySpreadConstraint")
+LocalObjectReference = k8s("io.k8s.api.core.v1.LocalObjectReference")
+SecretKeySelector = k8s("io.k8s.api.core.v1.SecretKeySelector")
+PodSecurityContext = k8s("io.k8s.api.core.v1.PodSecurityContext")
+LabelSelector = k8s("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector")
+HPABehavior = k8s("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior")
+
+IntOrString = Annotated[
+    int | str,
+    WithJsonSchema(
+        {"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
+    ),
+]
+
+# DNS-1123 subdomain: the names of most Kubernetes objects.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# DNS-1123 label: namespaces, Services, and the objects we derive names from.
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class Model(BaseModel):
+    """Base for every spec/status model: camelCase aliases, unknown fields ignored."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        frozen=False,
+        use_attribute_docstrings=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as the apiserver sees it: camelCase, no unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def rules(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """CEL `x-kubernetes-validations` for a model: (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in pairs]}
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Model):
+    """A metav1.Condition."""
+
+    type: str = Field(description="Type of the condition, in CamelCase (Ready, Accepted, ...).")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="A CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the condition was computed from."
+    )
+
+
+Conditions = Annotated[
+    list[Condition],
+    Field(
+        default_factory=list,
+        description="The latest observations of the object's state (metav1.Condition).",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    ),
+]
+
+
+class NamespacedRef(Model):
+    """A reference to a named object, optionally in another namespace."""
+
+    name: str = Field(
+        description="Name of the referenced object.",
+        min_length=1,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+    )
+    namespace: str | None = Field(
+        default=None,
+        description="Namespace of the referenced object; defaults to the referrer's namespace.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )

@@ -1,0 +1,325 @@
+"""CeleryWorkerPool: workers for some queues of one app, owned by a team."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from celery_operator.api.base import (
+    API_VERSION,
+    DNS_LABEL,
+    Affinity,
+    Conditions,
+    EnvFromSource,
+    EnvVar,
+    HPABehavior,
+    IntOrString,
+    Model,
+    NamespacedRef,
+    ResourceRequirements,
+    Toleration,
+    TopologySpreadConstraint,
+    rules,
+    sub,
+)
+
+KIND = "CeleryWorkerPool"
+PLURAL = "celeryworkerpools"
+
+# Queue names go into `celery worker -Q a,b`: no commas, no white space.
+QUEUE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.:@\-]*$"
+PoolType = Literal["prefork", "threads", "gevent", "eventlet", "solo"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class AppRef(NamespacedRef):
+    """The CeleryApp this pool belongs to."""
+
+    model_config = NamespacedRef.model_config | {
+        "json_schema_extra": rules(
+            (
+                "!has(oldSelf.namespace) || has(self.namespace)",
+                "appRef.namespace is immutable: it cannot be removed once set",
+            ),
+        )
+    }
+
+    namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of the app; defaults to the pool's own namespace. Immutable: create a "
+            "new pool to attach to an app in another namespace."
+        ),
+        max_length=63,
+        pattern=DNS_LABEL,
+        json_schema_extra=rules(
+            (
+                "self == oldSelf",
+                "appRef.namespace is immutable: create a new pool to attach to an app in another namespace",
+            )
+        ),
+    )
+
+
+class ShutdownSpec(Model):
+    """How workers stop: Celery's soft shutdown, then the pod's grace period."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                "self.softShutdownTimeout < self.terminationGracePeriodSeconds",
+                "shutdown.softShutdownTimeout must be less than shutdown.terminationGracePeriodSeconds",
+            ),
+        )
+    }
+
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Seconds a worker pod gets to finish its tasks after SIGTERM.",
+    )
+    soft_shutdown_timeout: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description=(
+            "Celery's worker_soft_shutdown_timeout: seconds running tasks may still finish "
+            "during a warm shutdown. Must be less than terminationGracePeriodSeconds."
+        ),
+    )
+
+
+class LivenessProbe(Model):
+    """The worker liveness probe (`celery inspect ping` to this worker only)."""
+
+    enabled: bool = Field(default=True, description="Run the liveness probe.")
+    period_seconds: int = Field(default=60, ge=1, le=3600, description="Seconds between probes.")
+    timeout_seconds: int = Field(default=20, ge=1, le=3600, description="Seconds a probe may take.")
+    failure_threshold: int = Field(
+        default=3, ge=1, le=100, description="Failed probes in a row before a restart."
+    )
+
+
+class ProbesSpec(Model):
+    liveness: LivenessProbe = sub(LivenessProbe, "The worker liveness probe.")
+
+
+class UpdateStrategy(Model):
+    """Rolling update of the worker Deployment."""
+
+    max_surge: IntOrString = Field(
+        default="25%", description="Extra pods allowed during a rollout (number or percent)."
+    )
+    max_unavailable: IntOrString = Field(
+        default=0, description="Pods that may be unavailable during a rollout (number or percent)."
+    )
+
+
+class DisruptionBudget(Model):
+    """A PodDisruptionBudget for the pool's workers."""
+
+    max_unavailable: IntOrString = Field(
+        default=1, description="Workers that may be evicted at once (number or percent)."
+    )
+
+
+class UtilizationTarget(Model):
+    average_utilization: int = Field(
+        ge=1, le=1000, description="Target average utilization, in percent of the requests."
+    )
+
+
+Engine = Literal["builtin", "keda"]
+
+
+class QueueLengthScaling(Model):
+    """Scale on the number of waiting tasks in the pool's queues."""
+
+    target_per_replica: int = Field(
+        default=10, ge=1, description="Waiting tasks per worker replica."
+    )
+    activation: int = Field(
+        default=0, ge=0, description="Scale up from zero only above this many waiting tasks."
+    )
+    engine: Engine = Field(
+        default="builtin",
+        description="builtin: the operator polls the broker itself; keda: a KEDA ScaledObject.",
+    )
+    polling_interval_seconds: int = Field(
+        default=5, ge=1, le=3600, description="Seconds between queue length polls."
+    )
+    cooldown_seconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Seconds the queues must stay empty before scaling to zero.",
+    )
+
+
+class AutoscalingSpec(Model):
+    """Autoscaling of the pool: CPU/memory (HorizontalPodAutoscaler) and/or queue length."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                "self.minReplicas <= self.maxReplicas",
+                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+            ),
+            (
+                "self.minReplicas > 0 || has(self.queueLength)",
+                "autoscaling.minReplicas: 0 is allowed only with autoscaling.queueLength "
+                "(CPU and memory cannot wake a pool from zero)",
+            ),
+            (
+                "has(self.cpu) || has(self.memory) || has(self.queueLength)",
+                "autoscaling needs at least one of cpu, memory or queueLength",
+            ),
+            (
+                "!has(self.queueLength) || self.queueLength.engine != 'builtin' "
+                "|| (!has(self.cpu) && !has(self.memory))",
+                "autoscaling.cpu and autoscaling.memory cannot be combined with "
+                "queueLength.engine builtin; use engine keda to scale on both",
+            ),
+        )
+    }
+
+    min_replicas: int = Field(default=1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    cpu: UtilizationTarget | None = Field(default=None, description="Scale on CPU utilization.")
+    memory: UtilizationTarget | None = Field(
+        default=None, description="Scale on memory utilization."
+    )
+    queue_length: QueueLengthScaling | None = Field(
+        default=None, description="Scale on the number of waiting tasks."
+    )
+    behavior: HPABehavior | None = Field(
+        default=None,
+        description="autoscaling/v2 HorizontalPodAutoscalerBehavior, passed through.",
+    )
+
+
+class CeleryWorkerPoolSpec(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                "self.pool != 'solo' || self.concurrency == 1",
+                "concurrency must be 1 when pool is solo",
+            ),
+        )
+    }
+
+    app_ref: AppRef = Field(description="The CeleryApp these workers belong to.")
+    queues: list[str] = Field(
+        default_factory=lambda: ["celery"],
+        min_length=1,
+        max_length=64,
+        description="Queues to consume (celery worker -Q).",
+        json_schema_extra={
+            "items": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": QUEUE_PATTERN},
+            "x-kubernetes-list-type": "set",
+            "default": ["celery"],
+        },
+    )
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Worker replicas; ignored while autoscaling is set."
+    )
+    concurrency: int = Field(
+        default=2, ge=1, le=1000, description="Child processes or threads per worker."
+    )
+    pool: PoolType = Field(default="prefork", description="Celery execution pool.")
+    prefetch_multiplier: int = Field(
+        default=1, ge=0, le=1000, description="Messages prefetched per child (0: unlimited)."
+    )
+    max_tasks_per_child: int | None = Field(
+        default=None, ge=1, description="Replace a child after this many tasks."
+    )
+    max_memory_per_child: int | None = Field(
+        default=None, ge=1, description="Replace a child after it uses this much memory (KiB)."
+    )
+    log_level: LogLevel = Field(default="INFO", description="Worker log level.")
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra arguments appended to `celery worker`."
+    )
+    image: str = Field(default="", max_length=1024, description="Image; empty: the app's image.")
+    env: list[EnvVar] = Field(default_factory=list, description="Added to the app's env.")
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, description="Added to the app's envFrom."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Compute resources of the worker container."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Overrides the app's podDefaults.nodeSelector."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Overrides the app's podDefaults.tolerations."
+    )
+    affinity: Affinity | None = Field(
+        default=None, description="Overrides the app's podDefaults.affinity."
+    )
+    topology_spread_constraints: list[TopologySpreadConstraint] = Field(
+        default_factory=list, description="How workers spread over zones and nodes."
+    )
+    priority_class_name: str = Field(
+        default="", description="Overrides the app's podDefaults.priorityClassName."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Added to the app's pod annotations."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Added to the app's pod labels."
+    )
+    shutdown: ShutdownSpec = sub(ShutdownSpec, "Graceful shutdown.")
+    probes: ProbesSpec = sub(ProbesSpec, "Worker probes.")
+    update_strategy: UpdateStrategy = sub(UpdateStrategy, "Rolling update of the workers.")
+    disruption_budget: DisruptionBudget | None = Field(
+        default_factory=DisruptionBudget,
+        description="PodDisruptionBudget of the workers; null: none.",
+        json_schema_extra={"nullable": True, "default": {}},
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        default=None, description="Autoscaling; absent: a fixed number of replicas."
+    )
+
+
+class AutoscalerStatus(Model):
+    engine: str = Field(description="hpa, keda or builtin.")
+    desired_replicas: int | None = Field(default=None, description="Replicas the scaler wants.")
+    queue_length: int | None = Field(default=None, description="Waiting tasks at the last poll.")
+    last_scale_time: str | None = Field(
+        default=None,
+        description="When replicas last changed.",
+        json_schema_extra={"format": "date-time"},
+    )
+    summary: str = Field(default="", description="Engine and range, for display.")
+
+
+class AppStatusRef(Model):
+    name: str = Field(description="Name of the app.")
+    namespace: str = Field(description="Namespace of the app.")
+
+
+class CeleryWorkerPoolStatus(Model):
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: Conditions
+    app: AppStatusRef | None = Field(default=None, description="The app the pool is bound to.")
+    deployment: str | None = Field(default=None, description="Name of the worker Deployment.")
+    replicas: int = Field(default=0, description="Worker replicas (scale subresource).")
+    ready_replicas: int = Field(default=0, description="Ready worker replicas.")
+    ready_summary: str = Field(default="0/0", description="ready/desired, for display.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the worker pods (scale subresource)."
+    )
+    autoscaler: AutoscalerStatus | None = Field(default=None, description="Autoscaler state.")
+
+
+class CeleryWorkerPool(Model):
+    """Celery workers consuming some queues of one CeleryApp."""
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: CeleryWorkerPoolSpec
+    status: CeleryWorkerPoolStatus | None = None

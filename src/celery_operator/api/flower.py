@@ -1,0 +1,112 @@
+"""Flower: the monitoring UI of one CeleryApp. Always exactly one replica."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from celery_operator.api.base import (
+    API_VERSION,
+    DNS_SUBDOMAIN,
+    Conditions,
+    Model,
+    ResourceRequirements,
+    SecretKeySelector,
+    rules,
+    sub,
+)
+
+KIND = "Flower"
+PLURAL = "flowers"
+
+
+class FlowerAppRef(Model):
+    """The CeleryApp to monitor, in the Flower's own namespace."""
+
+    name: str = Field(
+        description="Name of the CeleryApp.", min_length=1, max_length=253, pattern=DNS_SUBDOMAIN
+    )
+
+
+class BasicAuth(Model):
+    secret_ref: SecretKeySelector = Field(
+        description="Secret key holding 'user:password[,user:password]'."
+    )
+
+
+class ServiceSpec(Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Service type."
+    )
+    port: int = Field(default=5555, ge=1, le=65535, description="Service port.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Service annotations.")
+
+
+class IngressTLS(Model):
+    secret_name: str = Field(default="", description="TLS Secret; empty: no TLS.")
+
+
+class IngressSpec(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                "!self.enabled || self.host != ''",
+                "ingress.host is required when ingress.enabled is true",
+            ),
+            ("self.path.startsWith('/')", "ingress.path must start with '/'"),
+        )
+    }
+
+    enabled: bool = Field(default=False, description="Create an Ingress.")
+    class_name: str = Field(default="", description="IngressClass; empty: the cluster default.")
+    host: str = Field(default="", max_length=253, description="Host name of the Ingress rule.")
+    path: str = Field(default="/", max_length=1024, description="Path of the Ingress rule.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Ingress annotations.")
+    tls: IngressTLS = sub(IngressTLS, "TLS of the Ingress.")
+
+
+class FlowerSpec(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                "self.urlPrefix == '' || (!self.urlPrefix.startsWith('/') && !self.urlPrefix.endsWith('/'))",
+                "urlPrefix must not start or end with '/' (e.g. flower or tools/flower)",
+            ),
+        )
+    }
+
+    app_ref: FlowerAppRef = Field(description="The CeleryApp to monitor (same namespace).")
+    image: str = Field(
+        default="", max_length=1024, description="Image; empty: the app's image (must have flower)."
+    )
+    port: int = Field(default=5555, ge=1024, le=65535, description="Port Flower listens on.")
+    url_prefix: str = Field(
+        default="", max_length=256, description="Serve Flower under this path prefix."
+    )
+    basic_auth: BasicAuth | None = Field(default=None, description="HTTP basic authentication.")
+    service: ServiceSpec = sub(ServiceSpec, "The Service.")
+    ingress: IngressSpec = sub(IngressSpec, "An optional Ingress.")
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Compute resources of the Flower container."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="Extra arguments appended to `celery flower`."
+    )
+
+
+class FlowerStatus(Model):
+    observed_generation: int | None = Field(default=None, description="Generation last reconciled.")
+    conditions: Conditions
+    url: str | None = Field(default=None, description="In-cluster URL of the UI.")
+    ready_replicas: int = Field(default=0, description="Ready replicas (0 or 1).")
+
+
+class Flower(Model):
+    """Flower, the monitoring UI of one CeleryApp."""
+
+    api_version: str = API_VERSION
+    kind: str = KIND
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: FlowerSpec
+    status: FlowerStatus | None = None

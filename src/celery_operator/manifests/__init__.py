@@ -1,0 +1,1 @@
+"""Generated manifests: what `make manifests` writes (pure rendering + one write function)."""
