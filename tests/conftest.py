@@ -55,3 +55,27 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     name = cluster.create_namespace()
     yield name
     cluster.run("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> list[str]:
+    """The project's CRDs, installed from the committed files, Established."""
+    files = sorted(str(p) for p in (ROOT / "crds").glob("*/*.celeryproject.org.yaml"))
+    args = [a for f in files for a in ("-f", f)]
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", *args)
+    names = [f"crd/{Path(f).name.removesuffix('.yaml')}" for f in files]
+    cluster.wait("--for=condition=Established", *names)
+    return names
+
+
+@pytest.fixture(scope="session")
+def keda_crds(cluster: Cluster) -> None:
+    """KEDA's real CRDs (from its Go module, extracted by testenv/build.sh)."""
+    if cluster.keda_crds is None:
+        pytest.fail("KEDA CRDs not found: run `make testenv`", pytrace=False)
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(cluster.keda_crds))
+    cluster.wait(
+        "--for=condition=Established",
+        "crd/scaledobjects.keda.sh",
+        "crd/triggerauthentications.keda.sh",
+    )

@@ -1,0 +1,208 @@
+"""The worker Deployment of a CeleryWorkerPool (pure)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.render import common as c
+
+COMPONENT = "worker"
+
+# The liveness probe: ping this worker, and only this worker, through the broker. When the
+# broker itself cannot be reached the probe passes: restarting a healthy worker does not
+# bring a broker back, and a broker blip must not restart every worker of the cluster.
+# It runs in the app's image with the app's own configuration (transport options, TLS).
+LIVENESS_SCRIPT = """\
+import os, socket, sys
+from celery.app.utils import find_app
+app = find_app(os.environ["CELERY_APP"])
+node = os.environ["CELERY_WORKER_NODE"].replace("%h", socket.gethostname())
+timeout = float(os.environ.get("CELERY_PROBE_TIMEOUT", "10"))
+try:
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+except Exception as exc:
+    print(f"broker unreachable, not restarting: {type(exc).__name__}")
+    sys.exit(0)
+replies = app.control.ping(destination=[node], timeout=timeout)
+if any(node in r for r in replies):
+    sys.exit(0)
+print(f"{node} did not answer a ping within {timeout}s")
+sys.exit(1)
+"""
+
+
+def worker_node_name(pool: CeleryWorkerPool) -> str:
+    """Celery node name, unique per pod and naming its pool: <pool>.<namespace>@<pod>."""
+    meta = pool.metadata
+    return f"{meta['name']}.{meta['namespace']}@%h"
+
+
+def selector_labels(pool: CeleryWorkerPool) -> dict[str, str]:
+    """The Deployment selector: stable over the pool's life (never includes the app)."""
+    return {
+        c.LABEL_NAME: "celery",
+        c.LABEL_COMPONENT: COMPONENT,
+        c.LABEL_POOL: c.label_value(pool.metadata["name"]),
+    }
+
+
+def worker_labels(app: CeleryApp, pool: CeleryWorkerPool) -> dict[str, str]:
+    labels = c.base_labels(app.metadata["name"], COMPONENT)
+    labels[c.LABEL_POOL] = c.label_value(pool.metadata["name"])
+    labels[c.LABEL_APP_NAMESPACE] = c.label_value(app.metadata["namespace"])
+    return labels
+
+
+def build_worker_args(app: CeleryApp, pool: CeleryWorkerPool) -> list[str]:
+    s = pool.spec
+    args = [
+        f"--app={app.spec.app}",
+        "worker",
+        f"--hostname={worker_node_name(pool)}",
+        f"--queues={','.join(s.queues)}",
+        f"--concurrency={s.concurrency}",
+        f"--pool={s.pool}",
+        f"--prefetch-multiplier={s.prefetch_multiplier}",
+        f"--loglevel={s.log_level}",
+    ]
+    if s.max_tasks_per_child is not None:
+        args.append(f"--max-tasks-per-child={s.max_tasks_per_child}")
+    if s.max_memory_per_child is not None:
+        args.append(f"--max-memory-per-child={s.max_memory_per_child}")
+    args.extend(s.extra_args)
+    return args
+
+
+def build_worker_env(app: CeleryApp, pool: CeleryWorkerPool) -> list[dict[str, Any]]:
+    s = pool.spec
+    ours = [
+        {"name": "CELERY_APP", "value": app.spec.app},
+        {"name": "CELERY_WORKER_NODE", "value": worker_node_name(pool)},
+        {"name": "CELERY_PROBE_TIMEOUT", "value": str(s.probes.liveness.timeout_seconds)},
+        # Read by Celery >= 5.5 (worker_soft_shutdown_timeout): running tasks get this long
+        # to finish after the warm shutdown that SIGTERM starts.
+        {
+            "name": "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT",
+            "value": str(s.shutdown.soft_shutdown_timeout),
+        },
+    ]
+    return c.merge_env(c.app_env(app), ours, s.env)
+
+
+def build_liveness_probe(pool: CeleryWorkerPool) -> dict[str, Any]:
+    p = pool.spec.probes.liveness
+    return {
+        "exec": {"command": ["python", "-c", LIVENESS_SCRIPT]},
+        # The first probe only after a full period: a worker needs time to boot.
+        "initialDelaySeconds": p.period_seconds,
+        "periodSeconds": p.period_seconds,
+        # The probe's own ping timeout is timeoutSeconds; give the process a little more.
+        "timeoutSeconds": p.timeout_seconds + 10,
+        "failureThreshold": p.failure_threshold,
+        "successThreshold": 1,
+    }
+
+
+def build_worker_deployment(
+    app: CeleryApp,
+    pool: CeleryWorkerPool,
+    owner: dict[str, Any] | None,
+    *,
+    replicas: int | None,
+) -> dict[str, Any]:
+    """The worker Deployment. `replicas=None` leaves replicas to an autoscaler."""
+    s = pool.spec
+    d = app.spec.pod_defaults
+    meta = pool.metadata
+    labels = worker_labels(app, pool)
+    pod_labels = c.merge_labels(d.labels, s.labels, own=labels)
+    annotations = {**d.annotations, **s.annotations}
+
+    cont = c.container(
+        "worker",
+        s.image or app.spec.image,
+        app,
+        build_worker_args(app, pool),
+        build_worker_env(app, pool),
+        s.resources,
+    )
+    if s.env_from:
+        cont["envFrom"] = [*cont.get("envFrom", []), *(dict(e) for e in s.env_from)]
+    if s.probes.liveness.enabled:
+        cont["livenessProbe"] = build_liveness_probe(pool)
+
+    pod_template_meta: dict[str, Any] = {"labels": pod_labels}
+    if annotations:
+        pod_template_meta["annotations"] = annotations
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(pool)},
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": s.update_strategy.max_surge,
+                "maxUnavailable": s.update_strategy.max_unavailable,
+            },
+        },
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": pod_template_meta,
+            "spec": c.pod_spec(
+                app,
+                [cont],
+                node_selector=s.node_selector,
+                tolerations=s.tolerations,
+                affinity=s.affinity,
+                priority_class_name=s.priority_class_name,
+                topology_spread_constraints=s.topology_spread_constraints,
+                termination_grace_period_seconds=s.shutdown.termination_grace_period_seconds,
+            ),
+        },
+    }
+    if replicas is not None:
+        spec = {"replicas": replicas, **spec}
+    return copy.deepcopy(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": c.metadata(
+                c.worker_deployment_name(app.metadata["name"], meta["name"]),
+                meta["namespace"],
+                labels,
+                owner,
+            ),
+            "spec": spec,
+        }
+    )
+
+
+def build_worker_pdb(
+    app: CeleryApp, pool: CeleryWorkerPool, owner: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The PodDisruptionBudget, or None when `disruptionBudget: null`."""
+    budget = pool.spec.disruption_budget
+    if budget is None:
+        return None
+    meta = pool.metadata
+    return copy.deepcopy(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": c.metadata(
+                c.worker_deployment_name(app.metadata["name"], meta["name"]),
+                meta["namespace"],
+                worker_labels(app, pool),
+                owner,
+            ),
+            "spec": {
+                "maxUnavailable": budget.max_unavailable,
+                "selector": {"matchLabels": selector_labels(pool)},
+                # Evict pods that are not Ready even when the budget is spent, so a
+                # crash-looping pool never blocks a node drain.
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )

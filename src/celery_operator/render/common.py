@@ -1,0 +1,242 @@
+"""Names, labels and pod pieces shared by every builder (pure)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from celery_operator.api.base import API_VERSION
+from celery_operator.api.celeryapp import CeleryApp, ConnectionSpec
+
+MANAGED_BY = "celery-operator"
+FIELD_MANAGER = "celery-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_APP = "celeryproject.org/app"
+LABEL_APP_NAMESPACE = "celeryproject.org/app-namespace"
+LABEL_POOL = "celeryproject.org/pool"
+LABEL_FLOWER = "celeryproject.org/flower"
+
+BROKER_ENV = "CELERY_BROKER_URL"
+BACKEND_ENV = "CELERY_RESULT_BACKEND"
+
+MAX_LABEL_VALUE = 63
+# Deployment names: the ReplicaSet appends "-" + a 10-char hash and pods another "-" + 5
+# chars; pod host names are cut at 63. 47 keeps "<deployment>-<rs-hash>" a DNS label.
+MAX_DEPLOYMENT_NAME = 47
+MAX_DNS_LABEL = 63
+
+_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _digest(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def fit(name: str, limit: int) -> str:
+    """`name` if it fits, else a prefix of it plus a hash of the whole (stable, unique)."""
+    if len(name) <= limit:
+        return name
+    suffix = _digest(name)
+    prefix = name[: limit - len(suffix) - 1].rstrip("-.")
+    return f"{prefix}-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A valid label value for `value` (<= 63 chars, alphanumeric at both ends)."""
+    fitted = fit(value, MAX_LABEL_VALUE)
+    if _LABEL_VALUE_RE.match(fitted):
+        return fitted
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", fitted).strip("-_.")
+    return fit(f"{cleaned}-{_digest(value)}" if cleaned else _digest(value), MAX_LABEL_VALUE)
+
+
+def dns_label(name: str, limit: int = MAX_DNS_LABEL) -> str:
+    """A DNS-1035 label (what a Service name must be): starts with a letter."""
+    name = name.replace(".", "-")
+    if not name[:1].isalpha():
+        name = f"c-{name}"
+    return fit(name, limit)
+
+
+def worker_deployment_name(app_name: str, pool_name: str) -> str:
+    return fit(f"{app_name}-{pool_name}".replace(".", "-"), MAX_DEPLOYMENT_NAME)
+
+
+def beat_deployment_name(app_name: str) -> str:
+    return fit(f"{app_name}-beat".replace(".", "-"), MAX_DEPLOYMENT_NAME)
+
+
+def flower_name(flower: str) -> str:
+    """Name of the Flower Deployment, Service and Ingress (a DNS-1035 label)."""
+    return dns_label(f"{flower}-flower", MAX_DEPLOYMENT_NAME)
+
+
+def base_labels(app_name: str, component: str) -> dict[str, str]:
+    return {
+        LABEL_NAME: "celery",
+        LABEL_INSTANCE: label_value(app_name),
+        LABEL_COMPONENT: component,
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_APP: label_value(app_name),
+    }
+
+
+def merge_labels(*sources: Mapping[str, str], own: Mapping[str, str]) -> dict[str, str]:
+    """User labels first, then ours: the operator's labels always win (selectors need them)."""
+    out: dict[str, str] = {}
+    for s in sources:
+        out.update(s)
+    out.update(own)
+    return out
+
+
+def owner_reference(obj: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    meta = obj["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def metadata(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: dict[str, Any] | None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def connection_env(name: str, conn: ConnectionSpec) -> dict[str, Any]:
+    """An EnvVar that carries a connection URL: by Secret reference, never a copied value."""
+    url = conn.url
+    if url.secret_key_ref is not None:
+        return {"name": name, "valueFrom": {"secretKeyRef": dict(url.secret_key_ref)}}
+    return {"name": name, "value": url.value}
+
+
+def merge_env(*lists: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Concatenates env lists; a later definition of a name replaces an earlier one in place.
+
+    Kubernetes keeps duplicates and lets the last win silently; deduplicating keeps the
+    rendered pod readable and SSA-friendly.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for env in lists:
+        for var in env:
+            out[var["name"]] = dict(var)
+    return list(out.values())
+
+
+def app_env(app: CeleryApp) -> list[dict[str, Any]]:
+    """The env every component of an app gets: broker, result backend, then the app's own."""
+    ours: list[dict[str, Any]] = [connection_env(BROKER_ENV, app.spec.broker)]
+    if app.spec.result_backend is not None:
+        ours.append(connection_env(BACKEND_ENV, app.spec.result_backend))
+    # HOME on the writable /tmp: images run as an arbitrary non-root user here.
+    ours.append({"name": "HOME", "value": "/tmp"})
+    return merge_env(ours, app.spec.env)
+
+
+DEFAULT_POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def pod_spec(
+    app: CeleryApp,
+    containers: list[dict[str, Any]],
+    *,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    affinity: dict[str, Any] | None = None,
+    priority_class_name: str = "",
+    topology_spread_constraints: list[dict[str, Any]] | None = None,
+    termination_grace_period_seconds: int | None = None,
+) -> dict[str, Any]:
+    """A pod spec with the app's podDefaults; the given overrides win when non-empty."""
+    d = app.spec.pod_defaults
+    spec: dict[str, Any] = {
+        "containers": containers,
+        "securityContext": copy.deepcopy(d.security_context or DEFAULT_POD_SECURITY_CONTEXT),
+        "volumes": [copy.deepcopy(TMP_VOLUME)],
+        "enableServiceLinks": False,
+    }
+    if d.service_account_name:
+        spec["serviceAccountName"] = d.service_account_name
+    if app.spec.image_pull_secrets:
+        spec["imagePullSecrets"] = [dict(s) for s in app.spec.image_pull_secrets]
+    ns = node_selector or d.node_selector
+    if ns:
+        spec["nodeSelector"] = dict(ns)
+    tol = tolerations or d.tolerations
+    if tol:
+        spec["tolerations"] = [dict(t) for t in tol]
+    aff = affinity or d.affinity
+    if aff:
+        spec["affinity"] = dict(aff)
+    pcn = priority_class_name or d.priority_class_name
+    if pcn:
+        spec["priorityClassName"] = pcn
+    if topology_spread_constraints:
+        spec["topologySpreadConstraints"] = [dict(t) for t in topology_spread_constraints]
+    if termination_grace_period_seconds is not None:
+        spec["terminationGracePeriodSeconds"] = termination_grace_period_seconds
+    return spec
+
+
+def container(
+    name: str,
+    image: str,
+    app: CeleryApp,
+    args: list[str],
+    env: list[dict[str, Any]],
+    resources: dict[str, Any] | None,
+) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": app.spec.image_pull_policy,
+        "command": ["celery"],
+        "args": args,
+        "env": env,
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "volumeMounts": [dict(TMP_MOUNT)],
+    }
+    if app.spec.env_from:
+        c["envFrom"] = [dict(e) for e in app.spec.env_from]
+    if resources:
+        c["resources"] = dict(resources)
+    return c

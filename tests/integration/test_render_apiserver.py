@@ -1,0 +1,81 @@
+"""Every object the builders render is accepted by the real apiserver (server-side dry run),
+and the pods they describe are admitted under Pod Security "restricted"."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.unit.test_render_golden import CASES
+
+pytestmark = pytest.mark.cluster
+
+
+def _rendered() -> list[tuple[str, dict[str, Any]]]:
+    return [(name, obj) for name, build in sorted(CASES.items()) if (obj := build()) is not None]
+
+
+@pytest.fixture(scope="module")
+def restricted_ns(cluster: Cluster) -> str:
+    ns = cluster.create_namespace(
+        "restricted",
+        labels={
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        },
+    )
+    cluster.kubectl("create", "serviceaccount", "shop-workers", "-n", ns)  # worker-options
+    return ns
+
+
+def _dry_run(cluster: Cluster, obj: dict[str, Any], ns: str) -> Any:
+    obj = json.loads(json.dumps(obj))
+    obj["metadata"]["namespace"] = ns
+    obj["metadata"].pop("ownerReferences", None)  # owners do not exist in this namespace
+    return cluster.run("create", "--dry-run=server", "-o", "json", "-f", "-", input=json.dumps(obj))
+
+
+@pytest.mark.parametrize(("case", "obj"), _rendered(), ids=[n for n, _ in _rendered()])
+def test_rendered_object_is_accepted(
+    cluster: Cluster, restricted_ns: str, case: str, obj: dict[str, Any]
+) -> None:
+    r = _dry_run(cluster, obj, restricted_ns)
+    assert r.code == 0, f"{case}: {r.stderr}"
+    assert "Warning" not in r.stderr, f"{case} draws warnings: {r.stderr}"
+    accepted = json.loads(r.stdout)
+    assert accepted["kind"] == obj["kind"]
+
+
+@pytest.mark.parametrize(
+    ("case", "obj"),
+    [(n, o) for n, o in _rendered() if o["kind"] == "Deployment"],
+    ids=[n for n, o in _rendered() if o["kind"] == "Deployment"],
+)
+def test_rendered_pods_meet_restricted(
+    cluster: Cluster, restricted_ns: str, case: str, obj: dict[str, Any]
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": restricted_ns},
+        "spec": obj["spec"]["template"]["spec"],
+    }
+    r = cluster.run("create", "--dry-run=server", "-f", "-", input=json.dumps(pod))
+    assert r.code == 0, f"{case}: {r.stderr}"
+
+
+def test_restricted_really_rejects_a_root_pod(cluster: Cluster, restricted_ns: str) -> None:
+    """The check above can fail: the same namespace rejects a pod that runs as root."""
+    _, deploy = next((n, o) for n, o in _rendered() if o["kind"] == "Deployment")
+    spec = json.loads(json.dumps(deploy["spec"]["template"]["spec"]))
+    spec["securityContext"] = {"runAsUser": 0}
+    spec["containers"][0].pop("securityContext")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root"}, "spec": spec}
+    r = cluster.run(
+        "create", "-n", restricted_ns, "--dry-run=server", "-f", "-", input=json.dumps(pod)
+    )
+    assert r.code != 0
+    assert "restricted" in r.stderr

@@ -1,0 +1,158 @@
+"""Builders against golden YAML: one file per builder and significant option.
+
+Regenerate after an intended change with `UPDATE_GOLDEN=1 pytest tests/unit` and review
+the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_operator.render import autoscaling, celeryapp, celeryworkerpool, flower
+from celery_operator.render.common import owner_reference
+from tests.support import objects as o
+from tests.support import yamlio
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _app_owner(a: Any) -> dict[str, Any]:
+    return owner_reference(a.model_dump(by_alias=True), "CeleryApp")
+
+
+def _pool_owner(p: Any) -> dict[str, Any]:
+    return owner_reference(p.model_dump(by_alias=True), "CeleryWorkerPool")
+
+
+TEAM = "celeryworkerpool/examples/team-a-emails.yaml"
+REPORTS = "celeryworkerpool/examples/shop-reports.yaml"
+
+CASES: dict[str, Callable[[], Any]] = {
+    "worker-default": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(), o.pool(), _pool_owner(o.pool()), replicas=2
+    ),
+    "worker-team-autoscaled": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(), o.pool(TEAM), _pool_owner(o.pool(TEAM)), replicas=None
+    ),
+    "worker-options": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(
+            spec={
+                "resultBackend": None,
+                "env": [{"name": "SHARED", "value": "app"}, {"name": "MODE", "value": "app"}],
+                "podDefaults": {
+                    "serviceAccountName": "shop-workers",
+                    "nodeSelector": {"pool": "general"},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 4242},
+                    "annotations": {"a": "from-app"},
+                },
+                "imagePullSecrets": [{"name": "regcred"}],
+                "imagePullPolicy": "Always",
+            }
+        ),
+        o.pool(
+            spec={
+                "image": "ghcr.io/example/shop-worker:2.0.0",
+                "pool": "solo",
+                "concurrency": 1,
+                "maxTasksPerChild": 50,
+                "maxMemoryPerChild": 200000,
+                "logLevel": "DEBUG",
+                "extraArgs": ["--without-gossip"],
+                "env": [{"name": "MODE", "value": "pool"}],
+                "envFrom": [{"configMapRef": {"name": "worker-config"}}],
+                "nodeSelector": {"pool": "cpu-heavy"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "celery"}],
+                "annotations": {"a": "from-pool", "b": "pool"},
+                "labels": {"tier": "batch"},
+                "probes": {"liveness": {"enabled": False}},
+                "updateStrategy": {"maxSurge": 1, "maxUnavailable": "10%"},
+            }
+        ),
+        None,
+        replicas=3,
+    ),
+    "worker-literal-broker": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(spec={"broker": {"url": {"value": "redis://redis.shop:6379/0"}}}),
+        o.pool(),
+        None,
+        replicas=1,
+    ),
+    "beat-default": lambda: celeryapp.build_beat_deployment(o.app(), _app_owner(o.app())),
+    "beat-scheduler": lambda: celeryapp.build_beat_deployment(
+        o.app(
+            spec={
+                "beat": {
+                    "enabled": True,
+                    "scheduler": "redbeat.RedBeatScheduler",
+                    "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+                    "extraArgs": ["--max-interval=30"],
+                }
+            }
+        ),
+        None,
+    ),
+    "flower-deployment": lambda: flower.build_flower_deployment(
+        o.app(), o.flower(), _app_owner(o.app())
+    ),
+    "flower-service": lambda: flower.build_flower_service(o.app(), o.flower(), None),
+    "flower-prefix-deployment": lambda: flower.build_flower_deployment(
+        o.app(), o.flower(spec={"urlPrefix": "tools/flower", "basicAuth": None}), None
+    ),
+    "flower-ingress": lambda: flower.build_flower_ingress(
+        o.app(),
+        o.flower(
+            spec={
+                "urlPrefix": "flower",
+                "service": {"port": 80},
+                "ingress": {
+                    "enabled": True,
+                    "className": "nginx",
+                    "host": "flower.shop.example.com",
+                    "tls": {"secretName": "flower-tls"},
+                    "annotations": {"nginx.ingress.kubernetes.io/proxy-read-timeout": "300"},
+                },
+            }
+        ),
+        None,
+    ),
+    "pdb-default": lambda: celeryworkerpool.build_worker_pdb(o.app(), o.pool(), None),
+    "hpa-cpu": lambda: autoscaling.build_hpa(o.app(), o.pool(REPORTS), None),
+    "hpa-cpu-memory-behavior": lambda: autoscaling.build_hpa(
+        o.app(),
+        o.pool(
+            REPORTS,
+            spec={
+                "autoscaling": {
+                    "memory": {"averageUtilization": 70},
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}},
+                }
+            },
+        ),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    rendered = CASES[case]()
+    text = yamlio.dump(rendered)
+    path = GOLDEN / f"{case}.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path.name}: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == path.read_text(), f"{case} differs from {path}; if intended, UPDATE_GOLDEN=1"
+
+
+def test_every_golden_file_has_a_case() -> None:
+    assert {p.stem for p in GOLDEN.glob("*.yaml")} == set(CASES)
+
+
+def test_builders_are_deterministic() -> None:
+    for case, build in CASES.items():
+        assert build() == build(), case
