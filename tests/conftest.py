@@ -64,7 +64,7 @@ def crds(cluster: Cluster) -> list[str]:
     args = [a for f in files for a in ("-f", f)]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", *args)
     names = [f"crd/{Path(f).name.removesuffix('.yaml')}" for f in files]
-    cluster.wait("--for=condition=Established", *names)
+    cluster.wait_established(*names)
     return names
 
 
@@ -74,8 +74,4 @@ def keda_crds(cluster: Cluster) -> None:
     if cluster.keda_crds is None:
         pytest.fail("KEDA CRDs not found: run `make testenv`", pytrace=False)
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(cluster.keda_crds))
-    cluster.wait(
-        "--for=condition=Established",
-        "crd/scaledobjects.keda.sh",
-        "crd/triggerauthentications.keda.sh",
-    )
+    cluster.wait_established("scaledobjects.keda.sh", "triggerauthentications.keda.sh")

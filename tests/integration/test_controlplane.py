@@ -143,7 +143,7 @@ CRD = {
 
 def test_crd_cel_rule_rejects_invalid_object(cluster: Cluster, namespace: str) -> None:
     cluster.apply(CRD)
-    cluster.wait("--for=condition=Established", "crd/widgets.testenv.example.com")
+    cluster.wait_established("widgets.testenv.example.com")
 
     def widget(name: str, lo: int, hi: int) -> dict[str, Any]:
         return {

@@ -98,6 +98,17 @@ class Cluster:
         """`kubectl wait` (watch-based) with a timeout."""
         return self.kubectl("wait", *args, f"--timeout={timeout}s", timeout=timeout + 30)
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """CRDs Established. (`kubectl wait` fails on a CRD that has no status yet.)"""
+        path = '{.status.conditions[?(@.type=="Established")].status}'
+        for crd in crds:
+            name = crd.removeprefix("crd/")
+            wait_for(
+                f"CRD {name} Established",
+                lambda n=name: self.kubectl("get", "crd", n, "-o", f"jsonpath={path}") == "True",
+                timeout,
+            )
+
     def create_namespace(self, prefix: str = "t", labels: dict[str, str] | None = None) -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         ns: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from celery_operator.brokerurl import parse_broker_url
 from celery_operator.render import autoscaling, celeryapp, celeryworkerpool, flower
 from celery_operator.render.common import owner_reference
 from tests.support import objects as o
@@ -30,6 +31,15 @@ def _pool_owner(p: Any) -> dict[str, Any]:
 
 
 TEAM = "celeryworkerpool/examples/team-a-emails.yaml"
+
+
+def _keda(url: str, scaling: dict[str, Any]) -> list[dict[str, Any]]:
+    pool = o.pool(TEAM, spec={"autoscaling": scaling})
+    objs = autoscaling.build_keda_objects(o.app(), pool, parse_broker_url(url), _pool_owner(pool))
+    assert objs is not None
+    return [x for x in (objs.secret, objs.trigger_authentication, objs.scaled_object) if x]
+
+
 REPORTS = "celeryworkerpool/examples/shop-reports.yaml"
 
 CASES: dict[str, Callable[[], Any]] = {
@@ -119,6 +129,61 @@ CASES: dict[str, Callable[[], Any]] = {
             }
         ),
         None,
+    ),
+    "worker-team-mirrored-connection": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(), o.pool(TEAM), None, replicas=None, connection_secret="shop-emails-connection"
+    ),
+    "worker-soft-shutdown-off-user-config": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(),
+        o.pool(
+            spec={
+                "shutdown": {"softShutdownTimeout": 0},
+                "extraArgs": ["--without-mingle", "--", "worker.enable_soft_shutdown_on_idle=True"],
+            }
+        ),
+        None,
+        replicas=1,
+    ),
+    "connection-secret": lambda: celeryworkerpool.build_connection_secret(
+        o.app(),
+        o.pool(TEAM),
+        "redis://:pw@redis.shop:6379/0",
+        "redis://:pw@redis.shop:6379/1",
+        None,
+    ),
+    "keda-redis": lambda: _keda(
+        "rediss://worker:s3cr%40t@redis.shop:6380/2", {"queueLength": {"engine": "keda"}}
+    ),
+    "keda-rabbitmq-cpu": lambda: _keda(
+        "pyamqp://shop:pw@rabbitmq.shop:5672/shop",
+        {"minReplicas": 2, "cpu": {"averageUtilization": 70}, "queueLength": {"engine": "keda"}},
+    ),
+    "keda-sqs": lambda: _keda(
+        "sqs://AKIAEXAMPLE:secret%2Bkey@",
+        {
+            "minReplicas": 0,
+            "queueLength": {
+                "engine": "keda",
+                "activation": 5,
+                "sqs": {
+                    "region": "eu-west-1",
+                    "queueUrlPrefix": "https://sqs.eu-west-1.amazonaws.com/123456789012/shop-",
+                },
+            },
+        },
+    ),
+    "keda-sqs-workload-identity": lambda: _keda(
+        "sqs://",
+        {
+            "queueLength": {
+                "engine": "keda",
+                "sqs": {
+                    "region": "eu-west-1",
+                    "queueUrlPrefix": "https://sqs.eu-west-1.amazonaws.com/123456789012/",
+                    "identityOwner": "workload",
+                },
+            }
+        },
     ),
     "pdb-default": lambda: celeryworkerpool.build_worker_pdb(o.app(), o.pool(), None),
     "hpa-cpu": lambda: autoscaling.build_hpa(o.app(), o.pool(REPORTS), None),

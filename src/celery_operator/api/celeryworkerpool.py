@@ -134,6 +134,30 @@ class UtilizationTarget(Model):
 Engine = Literal["builtin", "keda"]
 
 
+class SQSQueueSource(Model):
+    """Where KEDA finds the SQS queues of an sqs:// broker (not derivable from its URL)."""
+
+    region: str = Field(
+        min_length=1, max_length=64, description="AWS region of the queues, e.g. eu-west-1."
+    )
+    queue_url_prefix: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^https?://",
+        description=(
+            "Queue URL up to the queue name, including Celery's queue_name_prefix, e.g. "
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/shop-. The queue name is appended."
+        ),
+    )
+    identity_owner: Literal["credentials", "workload"] = Field(
+        default="credentials",
+        description=(
+            "credentials: the access key in the broker URL; workload: the IAM role of the "
+            "workers' ServiceAccount (EKS pod identity)."
+        ),
+    )
+
+
 class QueueLengthScaling(Model):
     """Scale on the number of waiting tasks in the pool's queues."""
 
@@ -149,6 +173,9 @@ class QueueLengthScaling(Model):
     )
     polling_interval_seconds: int = Field(
         default=5, ge=1, le=3600, description="Seconds between queue length polls."
+    )
+    sqs: SQSQueueSource | None = Field(
+        default=None, description="For sqs:// brokers with engine keda: where the queues are."
     )
     cooldown_seconds: int = Field(
         default=300,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
@@ -73,24 +74,37 @@ def build_worker_args(app: CeleryApp, pool: CeleryWorkerPool) -> list[str]:
         args.append(f"--max-tasks-per-child={s.max_tasks_per_child}")
     if s.max_memory_per_child is not None:
         args.append(f"--max-memory-per-child={s.max_memory_per_child}")
-    args.extend(s.extra_args)
+    # Celery takes configuration after "--" (key=value); the user's own come last and win.
+    user_opts, user_config = s.extra_args, []
+    if "--" in s.extra_args:
+        cut = s.extra_args.index("--")
+        user_opts, user_config = s.extra_args[:cut], s.extra_args[cut + 1 :]
+    args.extend(user_opts)
+    config = []
+    if s.shutdown.soft_shutdown_timeout > 0:
+        config.append(f"worker.soft_shutdown_timeout={s.shutdown.soft_shutdown_timeout}")
+    config.extend(user_config)
+    if config:
+        args.extend(["--", *config])
     return args
 
 
-def build_worker_env(app: CeleryApp, pool: CeleryWorkerPool) -> list[dict[str, Any]]:
+def build_worker_env(
+    app: CeleryApp, pool: CeleryWorkerPool, connection_secret: str | None = None
+) -> list[dict[str, Any]]:
     s = pool.spec
     ours = [
         {"name": "CELERY_APP", "value": app.spec.app},
         {"name": "CELERY_WORKER_NODE", "value": worker_node_name(pool)},
         {"name": "CELERY_PROBE_TIMEOUT", "value": str(s.probes.liveness.timeout_seconds)},
-        # Read by Celery >= 5.5 (worker_soft_shutdown_timeout): running tasks get this long
-        # to finish after the warm shutdown that SIGTERM starts.
-        {
-            "name": "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT",
-            "value": str(s.shutdown.soft_shutdown_timeout),
-        },
     ]
-    return c.merge_env(c.app_env(app), ours, s.env)
+    if s.shutdown.soft_shutdown_timeout > 0:
+        # Kubernetes stops a pod with SIGTERM, which Celery treats as a warm shutdown that
+        # waits for running tasks without limit (until the kubelet's SIGKILL). Remapped to
+        # a cold shutdown, Celery >= 5.5 gives running tasks worker_soft_shutdown_timeout
+        # seconds, then stops them cleanly (acks_late tasks go back to the queue).
+        ours.append({"name": "REMAP_SIGTERM", "value": "SIGQUIT"})
+    return c.merge_env(c.app_env(app, connection_secret), ours, s.env)
 
 
 def build_liveness_probe(pool: CeleryWorkerPool) -> dict[str, Any]:
@@ -113,8 +127,11 @@ def build_worker_deployment(
     owner: dict[str, Any] | None,
     *,
     replicas: int | None,
+    connection_secret: str | None = None,
 ) -> dict[str, Any]:
-    """The worker Deployment. `replicas=None` leaves replicas to an autoscaler."""
+    """The worker Deployment. `replicas=None` leaves replicas to an autoscaler;
+    `connection_secret` names the operator's mirror of the app's connection Secret, for a
+    pool outside its app's namespace."""
     s = pool.spec
     d = app.spec.pod_defaults
     meta = pool.metadata
@@ -127,7 +144,7 @@ def build_worker_deployment(
         s.image or app.spec.image,
         app,
         build_worker_args(app, pool),
-        build_worker_env(app, pool),
+        build_worker_env(app, pool, connection_secret),
         s.resources,
     )
     if s.env_from:
@@ -204,5 +221,39 @@ def build_worker_pdb(
                 # crash-looping pool never blocks a node drain.
                 "unhealthyPodEvictionPolicy": "AlwaysAllow",
             },
+        }
+    )
+
+
+def build_connection_secret(
+    app: CeleryApp,
+    pool: CeleryWorkerPool,
+    broker_url: str | None,
+    backend_url: str | None,
+    owner: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The operator's mirror of an app's connection URLs in a pool's namespace.
+
+    Admitting a namespace through workerPoolPolicy shares the broker with it: its workers
+    need the URL, and pods can read only Secrets of their own namespace.
+    """
+    data = {}
+    if broker_url is not None:
+        data[c.MIRROR_BROKER_KEY] = base64.b64encode(broker_url.encode()).decode()
+    if backend_url is not None:
+        data[c.MIRROR_BACKEND_KEY] = base64.b64encode(backend_url.encode()).decode()
+    meta = pool.metadata
+    return copy.deepcopy(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": c.metadata(
+                c.connection_secret_name(app.metadata["name"], meta["name"]),
+                meta["namespace"],
+                worker_labels(app, pool),
+                owner,
+            ),
+            "type": "Opaque",
+            "data": data,
         }
     )

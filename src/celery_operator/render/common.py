@@ -124,11 +124,27 @@ def metadata(
     return meta
 
 
-def connection_env(name: str, conn: ConnectionSpec) -> dict[str, Any]:
-    """An EnvVar that carries a connection URL: by Secret reference, never a copied value."""
+# Keys of the connection Secret the operator mirrors into a pool's namespace when the
+# pool runs outside its app's namespace (pods can only read Secrets of their own).
+MIRROR_BROKER_KEY = "broker-url"
+MIRROR_BACKEND_KEY = "result-backend-url"
+
+
+def connection_secret_name(app_name: str, pool_name: str) -> str:
+    return fit(f"{worker_deployment_name(app_name, pool_name)}-connection", MAX_DNS_LABEL)
+
+
+def connection_env(
+    name: str, conn: ConnectionSpec, mirror: str | None = None, mirror_key: str = ""
+) -> dict[str, Any]:
+    """An EnvVar that carries a connection URL: by Secret reference, never a copied value.
+
+    With `mirror`, a Secret-held URL is read from the operator's mirror of it instead.
+    """
     url = conn.url
     if url.secret_key_ref is not None:
-        return {"name": name, "valueFrom": {"secretKeyRef": dict(url.secret_key_ref)}}
+        ref = {"name": mirror, "key": mirror_key} if mirror else dict(url.secret_key_ref)
+        return {"name": name, "valueFrom": {"secretKeyRef": ref}}
     return {"name": name, "value": url.value}
 
 
@@ -145,11 +161,15 @@ def merge_env(*lists: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def app_env(app: CeleryApp) -> list[dict[str, Any]]:
+def app_env(app: CeleryApp, mirror: str | None = None) -> list[dict[str, Any]]:
     """The env every component of an app gets: broker, result backend, then the app's own."""
-    ours: list[dict[str, Any]] = [connection_env(BROKER_ENV, app.spec.broker)]
+    ours: list[dict[str, Any]] = [
+        connection_env(BROKER_ENV, app.spec.broker, mirror, MIRROR_BROKER_KEY)
+    ]
     if app.spec.result_backend is not None:
-        ours.append(connection_env(BACKEND_ENV, app.spec.result_backend))
+        ours.append(
+            connection_env(BACKEND_ENV, app.spec.result_backend, mirror, MIRROR_BACKEND_KEY)
+        )
     # HOME on the writable /tmp: images run as an arbitrary non-root user here.
     ours.append({"name": "HOME", "value": "/tmp"})
     return merge_env(ours, app.spec.env)
