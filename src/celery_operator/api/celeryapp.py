@@ -23,6 +23,7 @@ from celery_operator.api.base import (
     sub,
 )
 
+MSG_URL_ONE_OF = "exactly one of value or secretKeyRef must be set"
 KIND = "CeleryApp"
 PLURAL = "celeryapps"
 
@@ -37,7 +38,7 @@ class UrlSource(Model):
         "json_schema_extra": rules(
             (
                 "has(self.value) != has(self.secretKeyRef)",
-                "exactly one of value or secretKeyRef must be set",
+                MSG_URL_ONE_OF,
             ),
         )
     }

@@ -24,6 +24,18 @@ from celery_operator.api.base import (
     sub,
 )
 
+MSG_APPREF_NS_REMOVED = "appRef.namespace is immutable: it cannot be removed once set"
+MSG_APPREF_NS_IMMUTABLE = (
+    "appRef.namespace is immutable: create a new pool to attach to an app in another namespace"
+)
+MSG_SOFT_SHUTDOWN = (
+    "shutdown.softShutdownTimeout must be less than shutdown.terminationGracePeriodSeconds"
+)
+MSG_MIN_MAX = "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"
+MSG_MIN_ZERO = "autoscaling.minReplicas: 0 is allowed only with autoscaling.queueLength (CPU and memory cannot wake a pool from zero)"
+MSG_NO_SIGNAL = "autoscaling needs at least one of cpu, memory or queueLength"
+MSG_BUILTIN_RESOURCES = "autoscaling.cpu and autoscaling.memory cannot be combined with queueLength.engine builtin; use engine keda to scale on both"
+MSG_SOLO = "concurrency must be 1 when pool is solo"
 KIND = "CeleryWorkerPool"
 PLURAL = "celeryworkerpools"
 
@@ -40,7 +52,7 @@ class AppRef(NamespacedRef):
         "json_schema_extra": rules(
             (
                 "!has(oldSelf.namespace) || has(self.namespace)",
-                "appRef.namespace is immutable: it cannot be removed once set",
+                MSG_APPREF_NS_REMOVED,
             ),
         )
     }
@@ -56,7 +68,7 @@ class AppRef(NamespacedRef):
         json_schema_extra=rules(
             (
                 "self == oldSelf",
-                "appRef.namespace is immutable: create a new pool to attach to an app in another namespace",
+                MSG_APPREF_NS_IMMUTABLE,
             )
         ),
     )
@@ -69,7 +81,7 @@ class ShutdownSpec(Model):
         "json_schema_extra": rules(
             (
                 "self.softShutdownTimeout < self.terminationGracePeriodSeconds",
-                "shutdown.softShutdownTimeout must be less than shutdown.terminationGracePeriodSeconds",
+                MSG_SOFT_SHUTDOWN,
             ),
         )
     }
@@ -192,22 +204,20 @@ class AutoscalingSpec(Model):
         "json_schema_extra": rules(
             (
                 "self.minReplicas <= self.maxReplicas",
-                "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+                MSG_MIN_MAX,
             ),
             (
                 "self.minReplicas > 0 || has(self.queueLength)",
-                "autoscaling.minReplicas: 0 is allowed only with autoscaling.queueLength "
-                "(CPU and memory cannot wake a pool from zero)",
+                MSG_MIN_ZERO,
             ),
             (
                 "has(self.cpu) || has(self.memory) || has(self.queueLength)",
-                "autoscaling needs at least one of cpu, memory or queueLength",
+                MSG_NO_SIGNAL,
             ),
             (
                 "!has(self.queueLength) || self.queueLength.engine != 'builtin' "
                 "|| (!has(self.cpu) && !has(self.memory))",
-                "autoscaling.cpu and autoscaling.memory cannot be combined with "
-                "queueLength.engine builtin; use engine keda to scale on both",
+                MSG_BUILTIN_RESOURCES,
             ),
         )
     }
@@ -232,7 +242,7 @@ class CeleryWorkerPoolSpec(Model):
         "json_schema_extra": rules(
             (
                 "self.pool != 'solo' || self.concurrency == 1",
-                "concurrency must be 1 when pool is solo",
+                MSG_SOLO,
             ),
         )
     }

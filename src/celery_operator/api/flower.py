@@ -17,6 +17,9 @@ from celery_operator.api.base import (
     sub,
 )
 
+MSG_INGRESS_HOST = "ingress.host is required when ingress.enabled is true"
+MSG_INGRESS_PATH = "ingress.path must start with '/'"
+MSG_URL_PREFIX = "urlPrefix must not start or end with '/' (e.g. flower or tools/flower)"
 KIND = "Flower"
 PLURAL = "flowers"
 
@@ -52,9 +55,9 @@ class IngressSpec(Model):
         "json_schema_extra": rules(
             (
                 "!self.enabled || self.host != ''",
-                "ingress.host is required when ingress.enabled is true",
+                MSG_INGRESS_HOST,
             ),
-            ("self.path.startsWith('/')", "ingress.path must start with '/'"),
+            ("self.path.startsWith('/')", MSG_INGRESS_PATH),
         )
     }
 
@@ -71,7 +74,7 @@ class FlowerSpec(Model):
         "json_schema_extra": rules(
             (
                 "self.urlPrefix == '' || (!self.urlPrefix.startsWith('/') && !self.urlPrefix.endsWith('/'))",
-                "urlPrefix must not start or end with '/' (e.g. flower or tools/flower)",
+                MSG_URL_PREFIX,
             ),
         )
     }

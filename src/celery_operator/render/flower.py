@@ -42,7 +42,8 @@ def flower_url(flower: Flower) -> str:
 
 def build_flower_args(app: CeleryApp, flower: Flower) -> list[str]:
     s = flower.spec
-    args = [f"--app={app.spec.app}", "flower", f"--port={s.port}", "--address=0.0.0.0"]
+    # No --address: Flower's default binds every interface, IPv4 and IPv6 alike.
+    args = [f"--app={app.spec.app}", "flower", f"--port={s.port}"]
     if s.url_prefix:
         args.append(f"--url_prefix={s.url_prefix.strip('/')}")
     args.extend(s.extra_args)

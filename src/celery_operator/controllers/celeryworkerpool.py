@@ -1,0 +1,317 @@
+"""The CeleryWorkerPool controller: binds a pool to its app and runs its workers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
+from celery_operator.controllers.context import Context, patch_status_if_changed
+from celery_operator.controllers.runtime import Key, pool_app_key
+from celery_operator.k8s import client
+from celery_operator.k8s.children import ChildConflictError
+from celery_operator.render import autoscaling as render_autoscaling
+from celery_operator.render import celeryworkerpool as render
+from celery_operator.render import common
+from celery_operator.render.common import owner_reference
+from celery_operator.status import pool_status
+from celery_operator.validation import errors, format_problems
+from celery_operator.validation.celeryworkerpool import (
+    PoolContext,
+    binding_reason,
+    validate_pool,
+    validate_pool_binding,
+)
+
+log = logging.getLogger("celery_operator")
+KIND = "CeleryWorkerPool"
+
+
+def invalid_spec_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_app(body: dict[str, Any] | None) -> CeleryApp | None:
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None
+    try:
+        return CeleryApp.model_validate(body)
+    except ValidationError:
+        return None
+
+
+def selector_string(pool: CeleryWorkerPool) -> str:
+    return ",".join(f"{k}={v}" for k, v in render.selector_labels(pool).items())
+
+
+class BrokerUnreadableError(Exception):
+    """The broker URL's Secret (or key) cannot be read; the message says which."""
+
+
+def read_connection(app: CeleryApp, which: str) -> str | None:
+    """A connection URL of the app ("broker" or "resultBackend"), read from its Secret."""
+    conn = app.spec.broker if which == "broker" else app.spec.result_backend
+    if conn is None:
+        return None
+    if conn.url.value is not None:
+        return conn.url.value
+    ref = conn.url.secret_key_ref or {}
+    ns = app.metadata["namespace"]
+    try:
+        value = client.get_secret_value(ns, ref.get("name", ""), ref.get("key", ""))
+    except client.ApiError as e:
+        raise BrokerUnreadableError(
+            f"cannot read Secret {ns}/{ref.get('name')}: {e.reason}"
+        ) from None
+    if value is None:
+        raise BrokerUnreadableError(
+            f"spec.{which}.url.secretKeyRef: Secret {ns}/{ref.get('name')} or its key "
+            f"{ref.get('key')!r} does not exist"
+        )
+    return value
+
+
+def desired_replicas(
+    ctx: Context, key: Key, pool: CeleryWorkerPool, engine: str | None, live: dict[str, Any] | None
+) -> int | None:
+    """Replicas to apply: the spec's when fixed, None (left to the HPA/KEDA) when they
+    scale, and the built-in scaler's decision for engine builtin."""
+    if engine is None:
+        return pool.spec.replicas
+    if engine != "builtin":
+        return None
+    if key in ctx.scaler_replicas:
+        return ctx.scaler_replicas[key]
+    a = pool.spec.autoscaling
+    assert a is not None
+    current = ((live or {}).get("spec") or {}).get("replicas")
+    if current is None:
+        return max(a.min_replicas, 1) if a.min_replicas > 0 else 0
+    return min(max(int(current), a.min_replicas), a.max_replicas)
+
+
+def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
+    """Level-based: makes the pool's children what its spec and its app say."""
+    body = ctx.cache.get("pools", key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return  # deleted: ownerReferences garbage-collect the children
+    meta = body["metadata"]
+    uid, generation = meta["uid"], meta.get("generation")
+    old = body.get("status")
+    app_key = pool_app_key(body)
+
+    def done(**kw: Any) -> None:
+        patch_status_if_changed(body, KIND, pool_status(generation=generation, old=old, **kw))
+
+    try:
+        pool = CeleryWorkerPool.model_validate(body)
+    except ValidationError as e:
+        msg = invalid_spec_message(e)
+        done(
+            accepted=(False, "InvalidSpec", msg),
+            app=None,
+            deployment_name=None,
+            deployment=None,
+            selector=None,
+            blocked=("InvalidSpec", msg),
+        )
+        return
+
+    app = parse_app(ctx.cache.get("apps", app_key))
+    ns_labels = ctx.cache.namespaces.get(key[0], {})
+    reason = binding_reason(pool, PoolContext(app=app, namespace_labels=ns_labels))
+    spec_errors = errors(validate_pool(pool))
+    deploy_name = common.worker_deployment_name(app_key[1], key[1])
+    selector = selector_string(pool)
+    app_ref = (app_key[1], app_key[0])
+
+    if spec_errors:
+        # Nothing is created from an invalid spec, and nothing that runs is torn down.
+        msg = format_problems(spec_errors)
+        done(
+            accepted=(False, "InvalidSpec", msg),
+            app=app_ref,
+            deployment_name=None,
+            deployment=None,
+            selector=selector,
+            blocked=("InvalidSpec", msg),
+        )
+        return
+    if reason is not None:
+        if apply:
+            n = ctx.delete_children(uid)
+            if n:
+                log.info("pool %s/%s not accepted (%s): stopped its workers", *key, reason[0])
+        done(
+            accepted=(False, reason[0], reason[1]),
+            app=app_ref,
+            deployment_name=None,
+            deployment=None,
+            selector=selector,
+        )
+        return
+    assert app is not None
+    accepted = (True, "Bound", f"bound to CeleryApp {app_key[0]}/{app_key[1]}")
+    engine = render_autoscaling.autoscaler_engine(pool)
+    deployment_ident = ("apps/v1/Deployment", key[0], deploy_name)
+    cached_deploy = ctx.cache.child(uid, *deployment_ident)
+
+    if not apply or app.spec.paused:
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name,
+            deployment=cached_deploy,
+            selector=selector,
+            autoscaler=_autoscaler_status(ctx, key, pool, engine, cached_deploy),
+            paused=app.spec.paused,
+        )
+        return
+
+    # Broker details are needed for a pool outside the app's namespace (its workers read
+    # a mirror of the connection Secret) and for queue-length autoscaling.
+    cross_ns = key[0] != app_key[0]
+    needs_broker = cross_ns or (engine in ("builtin", "keda"))
+    broker: BrokerURL | None = None
+    broker_url = backend_url = None
+    try:
+        if needs_broker:
+            broker_url = read_connection(app, "broker")
+            backend_url = read_connection(app, "resultBackend") if cross_ns else None
+            broker = parse_broker_url(broker_url) if broker_url else None
+    except (BrokerUnreadableError, BrokerURLError) as e:
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name,
+            deployment=cached_deploy,
+            selector=selector,
+            blocked=("BrokerUnreadable", str(e)),
+        )
+        return
+
+    binding_errors = errors(
+        validate_pool_binding(
+            pool,
+            PoolContext(
+                app=app,
+                namespace_labels=ns_labels,
+                broker=broker,
+                keda_installed=engine != "keda" or ctx.keda_installed(),
+            ),
+        )
+    )
+    if binding_errors:
+        msg = format_problems(binding_errors)
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name,
+            deployment=cached_deploy,
+            selector=selector,
+            blocked=("InvalidSpec", msg),
+        )
+        return
+
+    owner = owner_reference(body, KIND)
+    mirror = None
+    desired: list[dict[str, Any]] = []
+    if cross_ns and (
+        app.spec.broker.url.secret_key_ref
+        or (app.spec.result_backend and app.spec.result_backend.url.secret_key_ref)
+    ):
+        secret = render.build_connection_secret(app, pool, broker_url, backend_url, owner)
+        mirror = secret["metadata"]["name"]
+        desired.append(secret)
+    replicas = desired_replicas(ctx, key, pool, engine, cached_deploy)
+    desired.append(
+        render.build_worker_deployment(
+            app, pool, owner, replicas=replicas, connection_secret=mirror
+        )
+    )
+    if (pdb := render.build_worker_pdb(app, pool, owner)) is not None:
+        desired.append(pdb)
+    if (hpa := render_autoscaling.build_hpa(app, pool, owner)) is not None:
+        desired.append(hpa)
+    if engine == "keda" and broker is not None:
+        keda = render_autoscaling.build_keda_objects(app, pool, broker, owner)
+        if keda is not None:
+            desired.extend(
+                x for x in (keda.secret, keda.trigger_authentication, keda.scaled_object) if x
+            )
+    try:
+        live = ctx.sync_children(uid, desired)
+    except ChildConflictError as e:
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name,
+            deployment=cached_deploy,
+            selector=selector,
+            blocked=("ChildConflict", str(e)),
+        )
+        return
+    deployment = live.get(deployment_ident) or cached_deploy
+    done(
+        accepted=accepted,
+        app=app_ref,
+        deployment_name=deploy_name,
+        deployment=deployment,
+        selector=selector,
+        autoscaler=_autoscaler_status(ctx, key, pool, engine, deployment),
+    )
+
+
+def _autoscaler_status(
+    ctx: Context,
+    key: Key,
+    pool: CeleryWorkerPool,
+    engine: str | None,
+    deployment: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    a = pool.spec.autoscaling
+    if engine is None or a is None:
+        return None
+    summary = f"{engine} {a.min_replicas}-{a.max_replicas}"
+    old = ((ctx.cache.get("pools", key) or {}).get("status") or {}).get("autoscaler") or {}
+    out: dict[str, Any] = {"engine": engine, "summary": summary}
+    if engine == "builtin":
+        # The built-in scaler owns these fields; keep what it last wrote.
+        for f in ("desiredReplicas", "queueLength", "lastScaleTime"):
+            if old.get(f) is not None:
+                out[f] = old[f]
+    return out
+
+
+def pool_keys_of_app(ctx: Context, app: Key) -> list[Key]:
+    return [
+        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in ctx.cache.pools_of_app(app)
+    ]
+
+
+def on_pool_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """Watch event of a pool: cache it, reconcile it when its spec moved, refresh its app."""
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    deleted = event_type == "DELETED"
+    old = ctx.cache.put("pools", key, None if deleted else body)
+    if not deleted and (old is None or _spec_moved(old, body)):
+        ctx.queue.add("pool", key)
+    # The app aggregates its pools: any change of a pool may change the app's status.
+    ctx.queue.add("app-status", pool_app_key(body))
+    if old is not None and pool_app_key(old) != pool_app_key(body):
+        ctx.queue.add("app-status", pool_app_key(old))
+
+
+def _spec_moved(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    om, nm = old["metadata"], new["metadata"]
+    return bool(
+        om.get("generation") != nm.get("generation") or om.get("labels") != nm.get("labels")
+    )

@@ -1,0 +1,228 @@
+"""`celery-operator run`: kopf watches, our queue reconciles.
+
+kopf provides the watches (with relisting, backoff and per-object ordering), the liveness
+endpoint and the login; each watch event goes to a spy handler that updates the cache and
+enqueues keys. The handlers of the three kinds write nothing through kopf's state machine,
+so kopf stores no progress annotations on our objects; its persistence settings still name
+our own group, should a handler ever use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+from celery_operator.api.base import GROUP, VERSION
+from celery_operator.controllers import celeryapp, celeryworkerpool, flower
+from celery_operator.controllers.context import Context
+from celery_operator.controllers.runtime import Cache, WorkQueue, controller_ref
+from celery_operator.render.common import MANAGED_BY
+
+log = logging.getLogger("celery_operator")
+
+OWNED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+# Children the operator watches, to repair them and to follow their status.
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "v1", "ingresses"),
+    ("keda.sh", "v1alpha1", "scaledobjects"),
+    ("keda.sh", "v1alpha1", "triggerauthentications"),
+)
+OWNER_TASK = {"CeleryWorkerPool": "pool", "CeleryApp": "app", "Flower": "flower"}
+
+
+@dataclass
+class OperatorConfig:
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    workers: int = 8
+    resync_seconds: float = 300.0
+    liveness_port: int = 8080
+    metrics_port: int = 9090
+    bind_address: str = "0.0.0.0"
+
+
+def build_context(workers: int) -> Context:
+    cache = Cache()
+    ctx = Context(cache=cache, queue=WorkQueue({}, workers=workers))
+    ctx.queue.reconcilers.update(
+        {
+            "app": partial(celeryapp.reconcile_app, ctx),
+            "app-status": partial(celeryapp.reconcile_app, ctx, apply=False),
+            "pool": partial(celeryworkerpool.reconcile_pool, ctx),
+            "pool-status": partial(celeryworkerpool.reconcile_pool, ctx, apply=False),
+            "flower": partial(flower.reconcile_flower, ctx),
+            "flower-status": partial(flower.reconcile_flower, ctx, apply=False),
+        }
+    )
+    return ctx
+
+
+def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """A child changed: repair it when deleted or edited by someone else; else follow its status."""
+    deleted = event_type == "DELETED"
+    _, drifted = ctx.cache.put_child(body, deleted)
+    ref = controller_ref(body)
+    if ref is None or not str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+        return
+    task = OWNER_TASK.get(str(ref.get("kind")))
+    if task is None:
+        return
+    key = (body["metadata"].get("namespace", ""), str(ref["name"]))
+    if deleted or drifted:
+        ctx.queue.add(task, key)
+    elif body.get("kind") == "Deployment":
+        ctx.queue.add("app-status" if task == "app" else f"{task}-status", key)
+
+
+def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    name = body["metadata"]["name"]
+    labels = dict(body["metadata"].get("labels") or {})
+    with ctx.cache.lock:
+        old = ctx.cache.namespaces.get(name)
+        if event_type == "DELETED":
+            ctx.cache.namespaces.pop(name, None)
+        else:
+            ctx.cache.namespaces[name] = labels
+    if old != labels:
+        # workerPoolPolicy selects namespaces by label: pools here may bind or unbind.
+        ctx.queue.add_many("pool", [k for k in list(ctx.cache.pools) if k[0] == name])
+
+
+PRIMARY_TABLES = {"CeleryApp": "apps", "CeleryWorkerPool": "pools", "Flower": "flowers"}
+CHILD_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+)
+
+
+def prime_cache(ctx: Context, namespaces: list[str]) -> None:
+    """Lists everything once before any reconcile runs (controller-runtime's cache sync).
+
+    Without it, a pool reconciled before its app or namespace arrived through the watch
+    would look unbound, and the operator would stop its workers after every restart.
+    """
+    from celery_operator.k8s import client
+
+    scopes: list[str | None] = list(namespaces) or [None]
+    for ns in client.list_objects("v1", "Namespace"):
+        ctx.cache.namespaces[ns["metadata"]["name"]] = dict(ns["metadata"].get("labels") or {})
+    for kind, table in PRIMARY_TABLES.items():
+        for scope in scopes:
+            for obj in client.list_objects(f"{GROUP}/{VERSION}", kind, scope):
+                obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+                obj.setdefault("kind", kind)
+                ctx.cache.put(table, (obj["metadata"]["namespace"], obj["metadata"]["name"]), obj)
+    selector = ",".join(f"{k}={v}" for k, v in OWNED_LABELS.items())
+    for api_version, kind in CHILD_KINDS:
+        for scope in scopes:
+            try:
+                items = client.list_objects(api_version, kind, scope, selector)
+            except client.ApiError as e:
+                if e.not_found:  # e.g. KEDA not installed
+                    continue
+                raise
+            for obj in items:
+                obj.setdefault("apiVersion", api_version)
+                obj.setdefault("kind", kind)
+                ctx.cache.put_child(obj, deleted=False)
+    for table, task in (("apps", "app"), ("pools", "pool"), ("flowers", "flower")):
+        ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig) -> None:
+    def spy(handler: Any) -> Any:
+        def wrapped(event: dict[str, Any], **_: Any) -> None:
+            obj = event.get("object")
+            if obj:
+                handler(ctx, event.get("type") or "ADDED", obj)
+
+        return wrapped
+
+    for plural, handler in (
+        ("celeryapps", celeryapp.on_app_event),
+        ("celeryworkerpools", celeryworkerpool.on_pool_event),
+        ("flowers", flower.on_flower_event),
+    ):
+        kopf.on.event(GROUP, VERSION, plural, registry=registry)(spy(handler))
+    for group, version, plural in WATCHED_CHILDREN:
+        kopf.on.event(group, version, plural, labels=OWNED_LABELS, registry=registry)(
+            spy(on_child_event)
+        )
+    kopf.on.event("", "v1", "namespaces", registry=registry)(spy(on_namespace_event))
+    background: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG or ~/.kube/config.
+        info = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = f"{GROUP}/finalizer"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.networking.request_timeout = 60
+        await ctx.queue.start_loop()
+        await asyncio.to_thread(prime_cache, ctx, config.namespaces)
+        await ctx.queue.start()
+        background.append(asyncio.create_task(resync(ctx, config.resync_seconds)))
+        log.info(
+            "celery-operator started: %d workers, resync every %.0fs",
+            config.workers,
+            config.resync_seconds,
+        )
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in background:
+            task.cancel()
+        await ctx.queue.stop()
+
+
+async def resync(ctx: Context, interval: float) -> None:
+    """Reconciles everything periodically: a safety net under the watches."""
+    while True:
+        await asyncio.sleep(interval * (0.9 + random.random() / 5))
+        for table, task in (("apps", "app"), ("pools", "pool"), ("flowers", "flower")):
+            ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
+
+
+def run(config: OperatorConfig) -> None:
+    from celery_operator.k8s import client
+
+    client.configure()
+    start_http_server(config.metrics_port, addr=config.bind_address)
+    ctx = build_context(config.workers)
+    registry = kopf.OperatorRegistry()
+    register(registry, ctx, config)
+    kopf.configure(verbose=False)
+    # kopf reports every event handler at INFO; ours run for every watch event.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=f"http://{config.bind_address}:{config.liveness_port}/healthz",
+    )

@@ -1,0 +1,52 @@
+"""Applying children safely: never take over an object another owner controls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from celery_operator.k8s import client
+
+
+class ChildConflictError(Exception):
+    """A child's name is taken by an object that this owner does not control."""
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def apply_owned(
+    manifest: Mapping[str, Any], live: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Server-side applies a child whose ownerReference names its controller.
+
+    When an object of that name exists and is controlled by someone else (or by nobody,
+    e.g. made by hand), nothing is written and ChildConflictError says why: the operator never
+    overwrites what it did not create. `live` skips the read when the caller has it cached.
+    """
+    meta = manifest["metadata"]
+    owner = controller_uid(manifest)
+    if live is None:
+        live = client.get_object(
+            manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
+        )
+    if live is not None and owner is not None and controller_uid(live) != owner:
+        holder = controller_uid(live)
+        who = "another owner" if holder else "no controller (created outside the operator)"
+        raise ChildConflictError(
+            f"{manifest['kind']} {meta.get('namespace')}/{meta['name']} already exists and is "
+            f"controlled by {who}; rename or delete it"
+        )
+    return client.apply_object(manifest)
+
+
+def delete_owned(api_version: str, kind: str, name: str, namespace: str, owner_uid: str) -> bool:
+    """Deletes a child only if `owner_uid` controls it. True if something was deleted."""
+    live = client.get_object(api_version, kind, name, namespace)
+    if live is None or controller_uid(live) != owner_uid:
+        return False
+    return client.delete_object(api_version, kind, name, namespace, uid=live["metadata"]["uid"])

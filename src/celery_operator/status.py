@@ -1,0 +1,380 @@
+"""Status and conditions (pure): from observed children to each kind's .status, and the
+CeleryApp's roll-up of its pools, Flower and beat."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+DEGRADED = "Degraded"
+ACCEPTED = "Accepted"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def condition(type_: str, status: bool | str, reason: str, message: str = "") -> dict[str, Any]:
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": message}
+
+
+def merge_conditions(
+    old: Iterable[Mapping[str, Any]] | None,
+    new: Iterable[Mapping[str, Any]],
+    generation: int | None,
+    now: str,
+) -> list[dict[str, Any]]:
+    """New conditions, keeping lastTransitionTime where a condition's status did not change."""
+    previous = {c.get("type"): c for c in old or []}
+    out = []
+    for c in new:
+        before = previous.get(c["type"])
+        since = now
+        if before is not None and before.get("status") == c["status"]:
+            since = str(before.get("lastTransitionTime") or now)
+        item = {**c, "lastTransitionTime": since}
+        if generation is not None:
+            item["observedGeneration"] = generation
+        out.append(item)
+    return out
+
+
+def get_condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == type_:
+            return dict(c)
+    return None
+
+
+def is_true(status: Mapping[str, Any] | None, type_: str) -> bool:
+    c = get_condition(status, type_)
+    return c is not None and c.get("status") == "True"
+
+
+# ---- Deployments ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rollout:
+    """What a Deployment says about itself."""
+
+    exists: bool
+    desired: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    current: bool = False  # the controller has seen the latest spec
+    failed: str = ""  # ProgressDeadlineExceeded message, if any
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.exists
+            and self.current
+            and self.updated >= self.desired
+            and self.ready >= self.desired
+            and self.available >= self.desired
+        )
+
+
+def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
+    if deployment is None:
+        return Rollout(exists=False)
+    spec = deployment.get("spec") or {}
+    st = deployment.get("status") or {}
+    gen = (deployment.get("metadata") or {}).get("generation", 0)
+    failed = ""
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            failed = str(c.get("message", ""))
+    return Rollout(
+        exists=True,
+        desired=int(spec.get("replicas", 1)),
+        ready=int(st.get("readyReplicas", 0)),
+        updated=int(st.get("updatedReplicas", 0)),
+        available=int(st.get("availableReplicas", 0)),
+        current=int(st.get("observedGeneration", 0)) >= int(gen),
+        failed=failed,
+    )
+
+
+def _rollout_conditions(what: str, r: Rollout) -> list[dict[str, Any]]:
+    if not r.exists:
+        return [
+            condition(READY, False, "Creating", f"the {what} Deployment does not exist yet"),
+            condition(RECONCILING, True, "Creating", f"creating the {what} Deployment"),
+        ]
+    if r.failed:
+        return [
+            condition(READY, False, "RolloutFailed", r.failed),
+            condition(RECONCILING, False, "RolloutFailed", r.failed),
+        ]
+    if r.complete:
+        reason = "ScaledToZero" if r.desired == 0 else "Available"
+        return [
+            condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
+            condition(RECONCILING, False, "Complete", "the latest spec is rolled out"),
+        ]
+    return [
+        condition(READY, False, "Progressing", f"{r.ready}/{r.desired} {what} replicas ready"),
+        condition(
+            RECONCILING,
+            True,
+            "RollingOut",
+            f"{r.updated}/{r.desired} replicas on the latest spec, {r.ready} ready",
+        ),
+    ]
+
+
+# ---- CeleryWorkerPool -----------------------------------------------------------------
+def pool_status(
+    *,
+    generation: int | None,
+    old: Mapping[str, Any] | None,
+    accepted: tuple[bool, str, str],
+    app: tuple[str, str] | None,
+    deployment_name: str | None,
+    deployment: Mapping[str, Any] | None,
+    selector: str | None,
+    blocked: tuple[str, str] | None = None,
+    autoscaler: Mapping[str, Any] | None = None,
+    paused: bool = False,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The pool's status. `blocked` (reason, message) means nothing could be applied."""
+    now = now or now_iso()
+    ok, reason, message = accepted
+    conds = [condition(ACCEPTED, ok, reason, message)]
+    r = rollout_of(deployment)
+    if blocked is not None:
+        conds += [
+            condition(READY, False, blocked[0], blocked[1]),
+            condition(RECONCILING, False, blocked[0], blocked[1]),
+        ]
+    elif not ok:
+        conds += [
+            condition(READY, False, reason, "no workers run while the pool is not accepted"),
+            condition(RECONCILING, False, reason, message),
+        ]
+    else:
+        conds += _rollout_conditions("worker", r)
+        if paused:
+            conds[-1] = condition(
+                RECONCILING, False, "Paused", "the app is paused: its children are not changed"
+            )
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
+        "app": {"name": app[0], "namespace": app[1]} if app else None,
+        "deployment": deployment_name if ok else None,
+        "replicas": r.desired if ok else 0,
+        "readyReplicas": r.ready if ok else 0,
+        "readySummary": f"{r.ready if ok else 0}/{r.desired if ok else 0}",
+        "selector": selector,
+        "autoscaler": dict(autoscaler) if autoscaler else None,
+    }
+    return status
+
+
+# ---- Flower ---------------------------------------------------------------------------
+def flower_status(
+    *,
+    generation: int | None,
+    old: Mapping[str, Any] | None,
+    accepted: tuple[bool, str, str],
+    deployment: Mapping[str, Any] | None,
+    url: str | None,
+    blocked: tuple[str, str] | None = None,
+    paused: bool = False,
+    now: str | None = None,
+) -> dict[str, Any]:
+    now = now or now_iso()
+    ok, reason, message = accepted
+    conds = [condition(ACCEPTED, ok, reason, message)]
+    r = rollout_of(deployment)
+    if blocked is not None:
+        conds += [
+            condition(READY, False, blocked[0], blocked[1]),
+            condition(RECONCILING, False, blocked[0], blocked[1]),
+        ]
+    elif not ok:
+        conds += [
+            condition(READY, False, reason, "Flower does not run while it is not accepted"),
+            condition(RECONCILING, False, reason, message),
+        ]
+    else:
+        conds += _rollout_conditions("Flower", r)
+        if paused:
+            conds[-1] = condition(
+                RECONCILING, False, "Paused", "the app is paused: its children are not changed"
+            )
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
+        "url": url if ok else None,
+        "readyReplicas": r.ready if ok else 0,
+    }
+
+
+# ---- CeleryApp roll-up ----------------------------------------------------------------
+@dataclass(frozen=True)
+class PoolView:
+    """An accepted pool, as the app sees it (from the pool's status)."""
+
+    name: str
+    namespace: str
+    queues: tuple[str, ...]
+    replicas: int
+    ready_replicas: int
+    ready: bool
+    reconciling: bool
+
+
+@dataclass(frozen=True)
+class FlowerView:
+    name: str
+    ready: bool
+    reconciling: bool
+    url: str
+
+
+def pool_view(pool: Mapping[str, Any]) -> PoolView | None:
+    """The app's view of a pool body; None unless the pool is accepted by this app."""
+    st = pool.get("status") or {}
+    if not is_true(st, ACCEPTED):
+        return None
+    meta = pool["metadata"]
+    return PoolView(
+        name=meta["name"],
+        namespace=meta["namespace"],
+        queues=tuple((pool.get("spec") or {}).get("queues") or []),
+        replicas=int(st.get("replicas", 0)),
+        ready_replicas=int(st.get("readyReplicas", 0)),
+        ready=is_true(st, READY),
+        reconciling=is_true(st, RECONCILING),
+    )
+
+
+def flower_view(flower: Mapping[str, Any]) -> FlowerView:
+    st = flower.get("status") or {}
+    return FlowerView(
+        name=flower["metadata"]["name"],
+        ready=is_true(st, READY),
+        reconciling=is_true(st, RECONCILING),
+        url=str(st.get("url") or ""),
+    )
+
+
+MAX_LISTED = 5
+
+
+def _names(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+def app_status(
+    *,
+    generation: int | None,
+    old: Mapping[str, Any] | None,
+    pools: Iterable[PoolView],
+    flower: FlowerView | None,
+    beat_enabled: bool,
+    beat_deployment: Mapping[str, Any] | None,
+    invalid: str | None = None,
+    blocked: tuple[str, str] | None = None,
+    paused: bool = False,
+    max_pools: int = 100,
+    now: str | None = None,
+) -> dict[str, Any]:
+    now = now or now_iso()
+    pools = sorted(pools, key=lambda p: (p.namespace, p.name))
+    beat = rollout_of(beat_deployment) if beat_enabled else None
+
+    not_ready: list[str] = [f"pool {p.namespace}/{p.name}" for p in pools if not p.ready]
+    reconciling = any(p.reconciling for p in pools)
+    if flower is not None:
+        if not flower.ready:
+            not_ready.append(f"flower {flower.name}")
+        reconciling = reconciling or flower.reconciling
+    if beat is not None:
+        if not beat.complete:
+            not_ready.append("beat")
+        reconciling = reconciling or (beat.exists and not beat.complete and not beat.failed)
+
+    if invalid is not None:
+        conds = [
+            condition(READY, False, "InvalidSpec", invalid),
+            condition(RECONCILING, False, "InvalidSpec", "nothing is created from an invalid spec"),
+            condition(DEGRADED, False, "InvalidSpec", ""),
+        ]
+    elif blocked is not None:
+        conds = [
+            condition(READY, False, blocked[0], blocked[1]),
+            condition(RECONCILING, False, blocked[0], blocked[1]),
+            condition(DEGRADED, True, blocked[0], blocked[1]),
+        ]
+    else:
+        if not_ready:
+            ready = condition(READY, False, "ComponentsNotReady", f"not ready: {_names(not_ready)}")
+        else:
+            ready = condition(READY, True, "AllComponentsReady", "every component is ready")
+        if paused:
+            rec = condition(
+                RECONCILING, False, "Paused", "spec.paused is true: children are not changed"
+            )
+        elif reconciling:
+            rec = condition(RECONCILING, True, "RollingOut", "components are rolling out")
+        else:
+            rec = condition(RECONCILING, False, "Complete", "every component is up to date")
+        # Degraded: something that should run is not ready and no rollout explains it.
+        degraded = bool(not_ready) and not reconciling
+        deg = condition(
+            DEGRADED,
+            degraded,
+            "ComponentsUnavailable" if degraded else "AsExpected",
+            f"not ready: {_names(not_ready)}" if degraded else "",
+        )
+        conds = [ready, rec, deg]
+
+    replicas = sum(p.replicas for p in pools)
+    ready_replicas = sum(p.ready_replicas for p in pools)
+    ready_pools = sum(1 for p in pools if p.ready)
+    return {
+        "observedGeneration": generation,
+        "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
+        "workers": {
+            "replicas": replicas,
+            "readyReplicas": ready_replicas,
+            "summary": f"{ready_replicas}/{replicas}",
+        },
+        "pools": {
+            "total": len(pools),
+            "ready": ready_pools,
+            "summary": f"{ready_pools}/{len(pools)}",
+        },
+        "workerPools": [
+            {
+                "name": p.name,
+                "namespace": p.namespace,
+                "queues": list(p.queues),
+                "replicas": p.replicas,
+                "readyReplicas": p.ready_replicas,
+                "ready": p.ready,
+            }
+            for p in pools[:max_pools]
+        ],
+        "flower": (
+            {"name": flower.name, "ready": flower.ready, "url": flower.url} if flower else None
+        ),
+        "beat": {"ready": bool(beat and beat.complete)} if beat_enabled else None,
+    }
+
+
+def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether patching `new` over `old` changes anything (ignores key order)."""
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())

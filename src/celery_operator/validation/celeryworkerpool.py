@@ -1,0 +1,152 @@
+"""Validators of a CeleryWorkerPool (pure): the object alone, and its binding to an app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from celery_operator.api import celeryworkerpool as api
+from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.brokerurl import BrokerURL
+from celery_operator.validation.common import Problem, image_tag_warning, selector_matches
+
+BUILTIN_FAMILIES = ("redis", "amqp")
+KEDA_FAMILIES = ("redis", "amqp", "sqs")
+
+
+def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
+    """What one pool object alone can tell (the CRD's CEL rules, with the same messages)."""
+    s = pool.spec
+    problems: list[Problem] = []
+    if s.pool == "solo" and s.concurrency != 1:
+        problems.append(Problem("spec.concurrency", api.MSG_SOLO))
+    if s.shutdown.soft_shutdown_timeout >= s.shutdown.termination_grace_period_seconds:
+        problems.append(Problem("spec.shutdown.softShutdownTimeout", api.MSG_SOFT_SHUTDOWN))
+    a = s.autoscaling
+    if a is not None:
+        if a.min_replicas > a.max_replicas:
+            problems.append(Problem("spec.autoscaling.minReplicas", api.MSG_MIN_MAX))
+        if a.min_replicas == 0 and a.queue_length is None:
+            problems.append(Problem("spec.autoscaling.minReplicas", api.MSG_MIN_ZERO))
+        if a.cpu is None and a.memory is None and a.queue_length is None:
+            problems.append(Problem("spec.autoscaling", api.MSG_NO_SIGNAL))
+        if (
+            a.queue_length is not None
+            and a.queue_length.engine == "builtin"
+            and (a.cpu is not None or a.memory is not None)
+        ):
+            problems.append(Problem("spec.autoscaling", api.MSG_BUILTIN_RESOURCES))
+    if (w := image_tag_warning("spec.image", s.image)) is not None:
+        problems.append(w)
+    return problems
+
+
+def app_namespace(pool: CeleryWorkerPool) -> str:
+    return pool.spec.app_ref.namespace or str(pool.metadata["namespace"])
+
+
+def namespace_admitted(app: CeleryApp, namespace: str, labels: Mapping[str, str]) -> bool:
+    """The app's own namespace always; others when workerPoolPolicy.namespaceSelector matches."""
+    if namespace == app.metadata["namespace"]:
+        return True
+    return selector_matches(app.spec.worker_pool_policy.namespace_selector, labels)
+
+
+@dataclass(frozen=True)
+class PoolContext:
+    """What binding a pool to its app needs from other objects (read by the caller)."""
+
+    app: CeleryApp | None
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    broker: BrokerURL | None = None  # None: unknown (the Secret could not be read)
+    keda_installed: bool = True
+    sibling_queues: Mapping[str, Iterable[str]] = field(default_factory=dict)  # pool -> queues
+
+
+NOT_FOUND = "AppNotFound"
+NOT_ALLOWED = "NamespaceNotAllowed"
+
+
+def binding_reason(pool: CeleryWorkerPool, ctx: PoolContext) -> tuple[str, str] | None:
+    """Why the pool cannot bind to its app, as (reason, message); None when it can."""
+    ns = app_namespace(pool)
+    if ctx.app is None:
+        return (
+            NOT_FOUND,
+            f"spec.appRef: CeleryApp {ns}/{pool.spec.app_ref.name} does not exist (yet); the "
+            "pool binds by itself once it does",
+        )
+    pool_ns = str(pool.metadata["namespace"])
+    if not namespace_admitted(ctx.app, pool_ns, ctx.namespace_labels):
+        return (
+            NOT_ALLOWED,
+            f"spec.appRef: CeleryApp {ns}/{ctx.app.metadata['name']} does not admit pools from "
+            f"namespace {pool_ns}: its spec.workerPoolPolicy.namespaceSelector must match the "
+            "namespace's labels",
+        )
+    return None
+
+
+def validate_pool_binding(pool: CeleryWorkerPool, ctx: PoolContext) -> list[Problem]:
+    """What needs other objects: the app, the namespace, the broker, KEDA, sibling pools."""
+    problems: list[Problem] = []
+    reason = binding_reason(pool, ctx)
+    if reason is not None:
+        # A missing app is a warning at admission (split CRs arrive in any order).
+        problems.append(
+            Problem(
+                "spec.appRef",
+                reason[1].removeprefix("spec.appRef: "),
+                warning=reason[0] == NOT_FOUND,
+            )
+        )
+    ql = pool.spec.autoscaling.queue_length if pool.spec.autoscaling else None
+    if ql is not None:
+        b = ctx.broker
+        if ql.engine == "builtin" and b is not None and b.family not in BUILTIN_FAMILIES:
+            problems.append(
+                Problem(
+                    "spec.autoscaling.queueLength.engine",
+                    f"builtin reads Redis and RabbitMQ queues, not a {b.scheme}:// broker; "
+                    "use engine keda (which reads Amazon SQS too) or scale on cpu/memory",
+                )
+            )
+        if ql.engine == "keda":
+            if not ctx.keda_installed:
+                problems.append(
+                    Problem(
+                        "spec.autoscaling.queueLength.engine",
+                        "keda: the KEDA CRDs (keda.sh/v1alpha1 ScaledObject) are not installed "
+                        "in this cluster; install KEDA or use engine builtin",
+                    )
+                )
+            if b is not None and b.family not in KEDA_FAMILIES:
+                problems.append(
+                    Problem(
+                        "spec.autoscaling.queueLength.engine",
+                        f"KEDA cannot read queue lengths from a {b.scheme}:// broker; allowed: "
+                        "redis, amqp (RabbitMQ), sqs",
+                    )
+                )
+            if b is not None and b.family == "sqs" and ql.sqs is None:
+                problems.append(
+                    Problem(
+                        "spec.autoscaling.queueLength.sqs",
+                        "required for an sqs:// broker: region and queueUrlPrefix (an SQS queue "
+                        "URL cannot be derived from the broker URL)",
+                    )
+                )
+    mine = set(pool.spec.queues)
+    for other, queues in sorted(ctx.sibling_queues.items()):
+        shared = sorted(mine.intersection(queues))
+        if shared:
+            problems.append(
+                Problem(
+                    "spec.queues",
+                    f"queue(s) {', '.join(shared)} also consumed by pool {other} of the same "
+                    "app: both pools will take tasks from them",
+                    warning=True,
+                )
+            )
+    return problems

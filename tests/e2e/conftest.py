@@ -1,0 +1,21 @@
+"""The operator, run once for the e2e session under its shipped ServiceAccount and RBAC."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.operator import OperatorProcess, new_workdir
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, crds: list[str]) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, new_workdir())
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"\n--- operator log tail ---\n{op.tail(40)}")

@@ -1,0 +1,150 @@
+"""Runs `celery-operator run` as a subprocess, authenticated as its own ServiceAccount
+(a real token, bound to the RBAC that ships), so e2e tests prove the RBAC too."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from celery_operator.manifests.rbac import operator_rbac
+from tests.support.cluster import Cluster, wait_for
+
+NAMESPACE = "celery-operator-system"
+SERVICE_ACCOUNT = "celery-operator"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path: Path) -> Path:
+    """A kubeconfig that authenticates with a fresh token of the ServiceAccount."""
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=24h").strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    ctx_name = admin["current-context"]
+    ctx = next(c for c in admin["contexts"] if c["name"] == ctx_name)["context"]
+    cl = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])["cluster"]
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cl}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": name}}],
+        "current-context": "sa",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class OperatorProcess:
+    """The operator under test. start/stop/kill, and its log for failure messages."""
+
+    def __init__(self, cluster: Cluster, workdir: Path, *extra_args: str) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.extra_args = list(extra_args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "operator.log"
+        self.liveness_port = _free_port()
+        self.metrics_port = _free_port()
+        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        cluster.apply(operator_rbac(NAMESPACE, SERVICE_ACCOUNT))
+        self.kubeconfig = service_account_kubeconfig(
+            cluster, NAMESPACE, SERVICE_ACCOUNT, workdir / "operator.kubeconfig"
+        )
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery_operator.cli",
+                    "run",
+                    "--bind-address=127.0.0.1",
+                    f"--liveness-port={self.liveness_port}",
+                    f"--metrics-port={self.metrics_port}",
+                    "--resync-seconds=60",
+                    "--log-level=DEBUG",
+                    *self.extra_args,
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+        wait_for("the operator's /healthz", self.healthy, timeout=60)
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"operator exited: {self.tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2
+            ) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def errors(self) -> list[str]:
+        """Tracebacks and ERROR lines in the log (a clean run has none)."""
+        text = self.log.read_text(errors="replace")
+        return [
+            line
+            for line in text.splitlines()
+            if "Traceback" in line or " ERROR " in line or "[ERROR" in line
+        ]
+
+
+def b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="celery-operator-e2e-"))
+
+
+def dump(objs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objs)
