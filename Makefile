@@ -59,8 +59,8 @@ e2e: deps testenv brokers
 cluster-up: deps testenv
 	$(BIN)/python -m testenv.controlplane up
 
-cluster-down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m testenv.controlplane down; else echo "nothing running"; fi
+# Stops whatever runs: the operator (and webhook) of dev-up, then the control plane.
+cluster-down: dev-down
 
 clean: cluster-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
@@ -71,3 +71,12 @@ manifests: deps
 # Re-extract the upstream schemas of the core types the CRDs embed (needs Go).
 k8s-schemas: deps
 	$(BIN)/python -m testenv.k8s_schemas
+
+dev-up: deps testenv
+	$(BIN)/python -m testenv.dev up
+
+dev-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m testenv.dev down; else echo "nothing running"; fi
+
+demo: deps testenv
+	$(BIN)/python -m testenv.dev demo

@@ -307,7 +307,8 @@ class ControlPlane:
                 p.popen.terminate()
         for p in reversed(self.procs):
             try:
-                p.popen.wait(timeout=10)
+                # Its state is disposable: no need to wait out the apiserver's drain.
+                p.popen.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 p.popen.kill()
                 p.popen.wait(timeout=10)

@@ -37,6 +37,84 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import logging
+    import threading
+    import time
+    from pathlib import Path
+
+    from celery_operator.k8s import client
+    from celery_operator.webhooks.lookup import ApiLookup
+    from celery_operator.webhooks.server import serve
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    client.configure()
+    if args.tls_cert_file and args.tls_key_file:
+        # Certificates from files (dev certs, or a Secret mounted by cert-manager).
+        serve(
+            args.host,
+            args.port,
+            Path(args.tls_cert_file),
+            Path(args.tls_key_file),
+            lookup=ApiLookup(args.discovery_ttl_seconds),
+        )
+        return 0
+    from celery_operator.certs.manager import CertManager
+    from celery_operator.manifests.webhooks import NAME, webhook_dns_names
+
+    manager = CertManager(
+        namespace=args.namespace,
+        secret_name=args.ca_secret,
+        dns_names=webhook_dns_names(args.namespace),
+        ip_sans=["127.0.0.1"],
+        ca_validity=dt.timedelta(seconds=args.ca_validity_seconds),
+        cert_validity=dt.timedelta(seconds=args.cert_validity_seconds),
+        webhook_configurations=[
+            ("MutatingWebhookConfiguration", args.webhook_configuration or NAME),
+            ("ValidatingWebhookConfiguration", args.webhook_configuration or NAME),
+        ],
+        cert_dir=Path(args.cert_dir),
+    )
+    # The first round must succeed before serving; the API may be briefly unreachable.
+    delay = 0.5
+    while True:
+        try:
+            manager.tick()
+            break
+        except Exception as e:
+            logging.getLogger("celery_operator.webhook").warning(
+                "certificates not ready (%s); retrying in %.1fs", e, delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+    cert, key = manager.cert_path, manager.key_path
+
+    def rotate(on_change: object, stop: threading.Event) -> None:
+        manager.run(args.rotation_check_seconds, on_change, stop)  # type: ignore[arg-type]
+
+    serve(
+        args.host, args.port, cert, key, rotate=rotate, lookup=ApiLookup(args.discovery_ttl_seconds)
+    )
+    return 0
+
+
+def _certs_issue(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from celery_operator.certs.dev import issue_dev_certs
+    from celery_operator.manifests.webhooks import webhook_dns_names
+
+    ca, cert, key = issue_dev_certs(
+        Path(args.out), webhook_dns_names(args.namespace), ["127.0.0.1"]
+    )
+    print(f"wrote {ca}, {cert}, {key}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celery-operator", description="A Kubernetes operator for Celery."
@@ -59,6 +137,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bind-address", default="0.0.0.0", help="address of both endpoints")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     r.set_defaults(func=_run)
+
+    w = sub.add_parser("webhook", help="serve the admission webhooks over TLS")
+    w.add_argument("--host", default="0.0.0.0")
+    w.add_argument("--port", type=int, default=9443)
+    w.add_argument(
+        "--namespace", default="celery-operator-system", help="where the CA Secret lives"
+    )
+    w.add_argument("--ca-secret", default="celery-operator-webhook-ca")
+    w.add_argument(
+        "--webhook-configuration",
+        default="",
+        help="name of the webhook configurations to inject the CA into",
+    )
+    w.add_argument("--cert-dir", default="/tmp/celery-operator-webhook-certs")
+    w.add_argument(
+        "--tls-cert-file", default="", help="serve these files instead of self-managed certificates"
+    )
+    w.add_argument("--tls-key-file", default="")
+    w.add_argument("--ca-validity-seconds", type=int, default=365 * 86400)
+    w.add_argument("--cert-validity-seconds", type=int, default=30 * 86400)
+    w.add_argument("--rotation-check-seconds", type=float, default=60.0)
+    w.add_argument(
+        "--discovery-ttl-seconds",
+        type=float,
+        default=60.0,
+        help="how long KEDA's presence is cached",
+    )
+    w.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    w.set_defaults(func=_webhook)
+
+    c = sub.add_parser("certs", help="certificates for local development")
+    csub = c.add_subparsers(dest="certs_command", required=True)
+    ci = csub.add_parser("issue", help="write a dev CA and serving certificate (certs/dev/)")
+    ci.add_argument("--out", default="certs/dev")
+    ci.add_argument("--namespace", default="celery-operator-system")
+    ci.set_defaults(func=_certs_issue)
     return parser
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from celery_operator.manifests.rbac import operator_rbac
+from celery_operator.manifests.rbac import operator_rbac, webhook_rbac
+from celery_operator.manifests.webhooks import build_webhook_configurations
 from tests.support.cluster import Cluster, wait_for
 
 NAMESPACE = "celery-operator-system"
@@ -49,22 +51,33 @@ def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path
     return path
 
 
-class OperatorProcess:
-    """The operator under test. start/stop/kill, and its log for failure messages."""
+class ComponentProcess:
+    """A component of ours (`celery-operator <command>`) as a subprocess, authenticated as
+    its own ServiceAccount with the RBAC that ships. start/stop/kill, and its log."""
+
+    command = ""
+    service_account = ""
 
     def __init__(self, cluster: Cluster, workdir: Path, *extra_args: str) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = workdir / "operator.log"
-        self.liveness_port = _free_port()
-        self.metrics_port = _free_port()
+        self.log = workdir / f"{self.command}.log"
         cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        cluster.apply(operator_rbac(NAMESPACE, SERVICE_ACCOUNT))
+        cluster.apply(self.rbac())
         self.kubeconfig = service_account_kubeconfig(
-            cluster, NAMESPACE, SERVICE_ACCOUNT, workdir / "operator.kubeconfig"
+            cluster, NAMESPACE, self.service_account, workdir / f"{self.command}.kubeconfig"
         )
+
+    def rbac(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def args(self) -> list[str]:
+        raise NotImplementedError
+
+    def health_url(self) -> str:
+        raise NotImplementedError
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
@@ -75,12 +88,8 @@ class OperatorProcess:
                     sys.executable,
                     "-m",
                     "celery_operator.cli",
-                    "run",
-                    "--bind-address=127.0.0.1",
-                    f"--liveness-port={self.liveness_port}",
-                    f"--metrics-port={self.metrics_port}",
-                    "--resync-seconds=60",
-                    "--log-level=DEBUG",
+                    self.command,
+                    *self.args(),
                     *self.extra_args,
                 ],
                 stdout=fh,
@@ -89,24 +98,19 @@ class OperatorProcess:
                 env=env,
                 start_new_session=True,
             )
-        wait_for("the operator's /healthz", self.healthy, timeout=60)
+        wait_for(f"the {self.command}'s health endpoint", self.healthy, timeout=60)
 
     def healthy(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"operator exited: {self.tail()}")
+            raise AssertionError(f"{self.command} exited: {self.tail()}")
         try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2
-            ) as r:
+            with urllib.request.urlopen(self.health_url(), timeout=2, context=self._ssl()) as r:
                 return bool(r.status == 200)
         except OSError:
             return False
 
-    def metrics(self) -> str:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
-        ) as r:
-            return str(r.read().decode())
+    def _ssl(self) -> ssl.SSLContext | None:
+        return None
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, as when a node dies."""
@@ -136,6 +140,74 @@ class OperatorProcess:
             for line in text.splitlines()
             if "Traceback" in line or " ERROR " in line or "[ERROR" in line
         ]
+
+
+class OperatorProcess(ComponentProcess):
+    command = "run"
+    service_account = SERVICE_ACCOUNT
+
+    def __init__(self, cluster: Cluster, workdir: Path, *extra_args: str) -> None:
+        self.liveness_port = _free_port()
+        self.metrics_port = _free_port()
+        super().__init__(cluster, workdir, *extra_args)
+
+    def rbac(self) -> list[dict[str, Any]]:
+        return operator_rbac(NAMESPACE, SERVICE_ACCOUNT)
+
+    def args(self) -> list[str]:
+        return [
+            "--bind-address=127.0.0.1",
+            f"--liveness-port={self.liveness_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--resync-seconds=60",
+            "--log-level=DEBUG",
+        ]
+
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.liveness_port}/healthz"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+        ) as r:
+            return str(r.read().decode())
+
+
+class WebhookProcess(ComponentProcess):
+    """The webhook on 127.0.0.1 with self-managed certificates, and its configurations
+    in URL mode (the operator injects their caBundle)."""
+
+    command = "webhook"
+    service_account = "celery-operator-webhook"
+
+    def __init__(self, cluster: Cluster, workdir: Path, *extra_args: str) -> None:
+        self.port = _free_port()
+        super().__init__(cluster, workdir, *extra_args)
+
+    def rbac(self) -> list[dict[str, Any]]:
+        return webhook_rbac(NAMESPACE, self.service_account)
+
+    def args(self) -> list[str]:
+        return [
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            f"--namespace={NAMESPACE}",
+            f"--cert-dir={self.workdir / 'certs'}",
+            "--discovery-ttl-seconds=0",
+            "--log-level=DEBUG",
+        ]
+
+    def health_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/readyz"
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the health probe checks liveness, not trust
+        return ctx
+
+    def configurations(self) -> list[dict[str, Any]]:
+        return build_webhook_configurations(NAMESPACE, url_base=f"https://127.0.0.1:{self.port}")
 
 
 def b64(value: str) -> str:

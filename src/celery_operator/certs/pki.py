@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +23,7 @@ class KeyPair:
     """A certificate and its private key, as PEM bytes."""
 
     cert_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -67,6 +67,12 @@ def new_rsa_key(bits: int = 2048) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
+def _backdate(validity: dt.timedelta) -> dt.timedelta:
+    """How far notBefore lies in the past, for clock skew between machines: five
+    minutes, or a tenth of a short validity (so short-lived test certificates stay short)."""
+    return min(dt.timedelta(minutes=5), validity / 10)
+
+
 def new_ca(common_name: str, validity: dt.timedelta, *, now: dt.datetime | None = None) -> KeyPair:
     """A self-signed CA certificate that may sign leaf certificates only."""
     now = now or _now()
@@ -78,7 +84,7 @@ def new_ca(common_name: str, validity: dt.timedelta, *, now: dt.datetime | None 
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - _backdate(validity))
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -139,7 +145,7 @@ def issue_cert(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - _backdate(validity))
         .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(

@@ -87,3 +87,77 @@ def operator_rbac(namespace: str, name: str = "celery-operator") -> list[dict[st
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         },
     ]
+
+
+def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[str, Any]]:
+    return [
+        # Admission reads the app a pool names, sibling pools and Flowers.
+        {
+            "apiGroups": [GROUP],
+            "resources": ["celeryapps", "celeryworkerpools", "flowers"],
+            "verbs": ["get", "list"],
+        },
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        # The broker URL's scheme decides whether the built-in scaler can read it: get only.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        # CA injection into its own two configurations, and nothing else.
+        {
+            "apiGroups": ["admissionregistration.k8s.io"],
+            "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"],
+            "resourceNames": [configuration],
+            "verbs": ["get", "patch"],
+        },
+    ]
+
+
+def webhook_namespace_rules() -> list[dict[str, Any]]:
+    # The shared CA lives in a Secret of the operator's namespace (create cannot be limited
+    # by name, so the Role is namespaced instead).
+    return [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch"]}
+    ]
+
+
+def webhook_rbac(
+    namespace: str, name: str = "celery-operator-webhook", configuration: str = "celery-operator"
+) -> list[dict[str, Any]]:
+    labels = {"app.kubernetes.io/name": "celery-operator", "app.kubernetes.io/component": "webhook"}
+    meta = {"name": name, "labels": labels}
+    subject = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {**meta, "namespace": namespace},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta,
+            "rules": webhook_cluster_rules(configuration),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": meta,
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": subject,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {**meta, "namespace": namespace},
+            "rules": webhook_namespace_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {**meta, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subject,
+        },
+    ]

@@ -1,0 +1,210 @@
+"""Mutation and validation of the three kinds (pure, given a Lookup)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.api.flower import Flower
+from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
+from celery_operator.render.common import LABEL_APP, LABEL_APP_NAMESPACE, label_value
+from celery_operator.validation import Problem, errors, format_problems, warnings
+from celery_operator.validation.celeryapp import validate_app
+from celery_operator.validation.celeryworkerpool import (
+    PoolContext,
+    validate_pool,
+    validate_pool_binding,
+)
+from celery_operator.validation.flower import validate_flower, validate_flower_binding
+from celery_operator.webhooks.lookup import Lookup
+from celery_operator.webhooks.review import (
+    Request,
+    Verdict,
+    add_labels,
+    only_metadata_changed,
+    pointer,
+)
+
+
+def _model_problems(e: ValidationError) -> list[Problem]:
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        out.append(Problem(loc, str(err["msg"])))
+    return out
+
+
+# ---- mutation -------------------------------------------------------------------------
+def mutate_pool(req: Request) -> Verdict:
+    obj = req.obj or {}
+    spec = obj.get("spec") or {}
+    ref = spec.get("appRef") if isinstance(spec.get("appRef"), dict) else None
+    patch: list[dict[str, Any]] = []
+    if ref is not None and ref.get("name"):
+        app_ns = ref.get("namespace") or req.namespace
+        if not ref.get("namespace") and req.namespace:
+            patch.append({"op": "add", "path": "/spec/appRef/namespace", "value": req.namespace})
+        patch += add_labels(
+            obj,
+            {LABEL_APP: label_value(str(ref["name"])), LABEL_APP_NAMESPACE: label_value(app_ns)},
+        )
+    queues = spec.get("queues")
+    if isinstance(queues, list) and all(isinstance(q, str) for q in queues):
+        normal = list(dict.fromkeys(q.strip() for q in queues if q.strip()))
+        if normal and normal != queues:
+            patch.append({"op": "replace", "path": pointer("spec", "queues"), "value": normal})
+    return Verdict(patch=patch)
+
+
+def mutate_flower(req: Request) -> Verdict:
+    obj = req.obj or {}
+    ref = (obj.get("spec") or {}).get("appRef")
+    if not isinstance(ref, dict) or not ref.get("name"):
+        return Verdict()
+    return Verdict(
+        patch=add_labels(
+            obj,
+            {
+                LABEL_APP: label_value(str(ref["name"])),
+                LABEL_APP_NAMESPACE: label_value(req.namespace),
+            },
+        )
+    )
+
+
+def mutate_app(req: Request) -> Verdict:
+    return Verdict()
+
+
+# ---- validation -----------------------------------------------------------------------
+def _verdict(kind: str, req: Request, problems: list[Problem]) -> Verdict:
+    errs, warns = errors(problems), warnings(problems)
+    v = Verdict(warnings=[str(w) for w in warns])
+    if errs:
+        v.allowed = False
+        v.message = (
+            f"{kind} {req.namespace}/{req.name or '(new)'} is invalid: {format_problems(errs)}"
+        )
+    return v
+
+
+def validate_app_request(req: Request, lookup: Lookup) -> Verdict:
+    try:
+        app = CeleryApp.model_validate(req.obj)
+    except ValidationError as e:
+        return _verdict("CeleryApp", req, _model_problems(e))
+    return _verdict("CeleryApp", req, validate_app(app))
+
+
+def broker_of(app: CeleryApp, lookup: Lookup) -> BrokerURL | None:
+    """The app's broker URL parsed; None when it cannot be read (the controller reports it)."""
+    url = app.spec.broker.url
+    value = url.value
+    if value is None and url.secret_key_ref:
+        ref = url.secret_key_ref
+        value = lookup.secret_value(
+            app.metadata["namespace"], ref.get("name", ""), ref.get("key", "")
+        )
+    if value is None:
+        return None
+    try:
+        return parse_broker_url(value)
+    except BrokerURLError:
+        return None
+
+
+def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
+    try:
+        pool = CeleryWorkerPool.model_validate(req.obj)
+    except ValidationError as e:
+        return _verdict("CeleryWorkerPool", req, _model_problems(e))
+    problems = validate_pool(pool)
+    app_ns = pool.spec.app_ref.namespace or req.namespace
+    app_body = lookup.app(app_ns, pool.spec.app_ref.name)
+    app = None
+    if app_body is not None:
+        try:
+            app = CeleryApp.model_validate(app_body)
+        except ValidationError:
+            app = None
+    ql = pool.spec.autoscaling.queue_length if pool.spec.autoscaling else None
+    broker = broker_of(app, lookup) if app is not None and ql is not None else None
+    siblings = {}
+    if app is not None:
+        for other in lookup.pools_of_app(app_ns, pool.spec.app_ref.name):
+            meta = other.get("metadata") or {}
+            if (meta.get("namespace"), meta.get("name")) != (req.namespace, req.name):
+                siblings[f"{meta.get('namespace')}/{meta.get('name')}"] = (
+                    other.get("spec") or {}
+                ).get("queues") or []
+    ctx = PoolContext(
+        app=app,
+        namespace_labels=lookup.namespace_labels(req.namespace) if app is not None else {},
+        broker=broker,
+        keda_installed=(ql is None or ql.engine != "keda") or lookup.keda_installed(),
+        sibling_queues=siblings,
+    )
+    problems += validate_pool_binding(pool, ctx)
+    return _verdict("CeleryWorkerPool", req, problems)
+
+
+def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
+    try:
+        flower = Flower.model_validate(req.obj)
+    except ValidationError as e:
+        return _verdict("Flower", req, _model_problems(e))
+    problems = validate_flower(flower)
+    others = [
+        f["metadata"]["name"]
+        for f in lookup.flowers(req.namespace)
+        if (f.get("spec") or {}).get("appRef", {}).get("name") == flower.spec.app_ref.name
+        and f["metadata"]["name"] != req.name
+    ]
+    problems += validate_flower_binding(flower, others)
+    if lookup.app(req.namespace, flower.spec.app_ref.name) is None:
+        problems.append(
+            Problem(
+                "spec.appRef.name",
+                f"CeleryApp {req.namespace}/{flower.spec.app_ref.name} does not exist (yet); "
+                "Flower starts once it does",
+                warning=True,
+            )
+        )
+    return _verdict("Flower", req, problems)
+
+
+Mutator = Callable[[Request], Verdict]
+Validator = Callable[[Request, Lookup], Verdict]
+
+KINDS: dict[str, tuple[str, Mutator, Validator]] = {
+    "celeryapps": ("CeleryApp", mutate_app, validate_app_request),
+    "celeryworkerpools": ("CeleryWorkerPool", mutate_pool, validate_pool_request),
+    "flowers": ("Flower", mutate_flower, validate_flower_request),
+}
+
+
+def admit(plural: str, req: Request, lookup: Lookup, *, mutate: bool) -> Verdict:
+    """The verdict for one review. DELETE and metadata-only updates are never blocked."""
+    kind, mutator, validator = KINDS[plural]
+    if req.operation not in ("CREATE", "UPDATE") or req.obj is None:
+        return Verdict()
+    if req.obj.get("kind") not in (None, kind):
+        return Verdict(
+            allowed=False,
+            message=f"this endpoint admits {kind}, not {req.obj.get('kind')}",
+            reason="BadRequest",
+        )
+    if mutate:
+        return mutator(req)
+    if only_metadata_changed(req):
+        return Verdict()
+    obj = dict(req.obj)
+    meta = dict(obj.get("metadata") or {})
+    meta.setdefault("namespace", req.namespace)
+    meta.setdefault("name", req.name or meta.get("generateName", ""))
+    obj["metadata"] = meta
+    return validator(Request(**{**req.__dict__, "obj": obj}), lookup)
