@@ -12,6 +12,7 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 DEGRADED = "Degraded"
 ACCEPTED = "Accepted"
+SCALING_ACTIVE = "ScalingActive"
 
 
 def now_iso() -> str:
@@ -141,10 +142,12 @@ def pool_status(
     selector: str | None,
     blocked: tuple[str, str] | None = None,
     autoscaler: Mapping[str, Any] | None = None,
+    scaling: tuple[bool, str, str] | None = None,
     paused: bool = False,
     now: str | None = None,
 ) -> dict[str, Any]:
-    """The pool's status. `blocked` (reason, message) means nothing could be applied."""
+    """The pool's status. `blocked` (reason, message) means nothing could be applied;
+    `scaling` is the built-in scaler's ScalingActive condition."""
     now = now or now_iso()
     ok, reason, message = accepted
     conds = [condition(ACCEPTED, ok, reason, message)]
@@ -165,6 +168,8 @@ def pool_status(
             conds[-1] = condition(
                 RECONCILING, False, "Paused", "the app is paused: its children are not changed"
             )
+        if scaling is not None:
+            conds.append(condition(SCALING_ACTIVE, scaling[0], scaling[1], scaling[2]))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),

@@ -18,6 +18,8 @@ from celery_operator.render import autoscaling as render_autoscaling
 from celery_operator.render import celeryworkerpool as render
 from celery_operator.render import common
 from celery_operator.render.common import owner_reference
+from celery_operator.scaling.decision import Policy
+from celery_operator.scaling.scaler import Target
 from celery_operator.status import pool_status
 from celery_operator.validation import errors, format_problems
 from celery_operator.validation.celeryworkerpool import (
@@ -88,8 +90,9 @@ def desired_replicas(
         return pool.spec.replicas
     if engine != "builtin":
         return None
-    if key in ctx.scaler_replicas:
-        return ctx.scaler_replicas[key]
+    decided = ctx.scaler.replicas(key) if ctx.scaler is not None else None
+    if decided is not None:
+        return decided
     a = pool.spec.autoscaling
     assert a is not None
     current = ((live or {}).get("spec") or {}).get("replicas")
@@ -102,13 +105,19 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     """Level-based: makes the pool's children what its spec and its app say."""
     body = ctx.cache.get("pools", key)
     if body is None or body["metadata"].get("deletionTimestamp"):
+        if ctx.scaler is not None:
+            ctx.scaler.untrack(key)
         return  # deleted: ownerReferences garbage-collect the children
     meta = body["metadata"]
     uid, generation = meta["uid"], meta.get("generation")
     old = body.get("status")
     app_key = pool_app_key(body)
 
+    tracked = False
+
     def done(**kw: Any) -> None:
+        if not tracked and ctx.scaler is not None:
+            ctx.scaler.untrack(key)
         patch_status_if_changed(body, KIND, pool_status(generation=generation, old=old, **kw))
 
     try:
@@ -165,13 +174,15 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     cached_deploy = ctx.cache.child(uid, *deployment_ident)
 
     if not apply or app.spec.paused:
+        tracked = engine == "builtin" and not app.spec.paused  # keep polling between reconciles
         done(
             accepted=accepted,
             app=app_ref,
             deployment_name=deploy_name,
             deployment=cached_deploy,
             selector=selector,
-            autoscaler=_autoscaler_status(ctx, key, pool, engine, cached_deploy),
+            autoscaler=_autoscaler_status(ctx, key, pool, engine),
+            scaling=_scaling_condition(ctx, key, engine),
             paused=app.spec.paused,
         )
         return
@@ -221,6 +232,30 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
         )
         return
 
+    if engine == "builtin" and broker is not None and ctx.scaler is not None:
+        a = pool.spec.autoscaling
+        assert a is not None
+        assert a.queue_length is not None
+        ql = a.queue_length
+        current = int(((cached_deploy or {}).get("spec") or {}).get("replicas", a.min_replicas))
+        ctx.scaler.track(
+            Target(
+                key=key,
+                broker=broker,
+                url_id=broker_url or "",
+                queues=tuple(pool.spec.queues),
+                policy=Policy(
+                    a.min_replicas,
+                    a.max_replicas,
+                    ql.target_per_replica,
+                    ql.activation,
+                    ql.cooldown_seconds,
+                ),
+                interval=float(ql.polling_interval_seconds),
+            ),
+            current,
+        )
+        tracked = True
     owner = owner_reference(body, KIND)
     mirror = None
     desired: list[dict[str, Any]] = []
@@ -266,29 +301,42 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
         deployment_name=deploy_name,
         deployment=deployment,
         selector=selector,
-        autoscaler=_autoscaler_status(ctx, key, pool, engine, deployment),
+        autoscaler=_autoscaler_status(ctx, key, pool, engine),
+        scaling=_scaling_condition(ctx, key, engine),
     )
 
 
 def _autoscaler_status(
-    ctx: Context,
-    key: Key,
-    pool: CeleryWorkerPool,
-    engine: str | None,
-    deployment: dict[str, Any] | None,
+    ctx: Context, key: Key, pool: CeleryWorkerPool, engine: str | None
 ) -> dict[str, Any] | None:
     a = pool.spec.autoscaling
     if engine is None or a is None:
         return None
-    summary = f"{engine} {a.min_replicas}-{a.max_replicas}"
-    old = ((ctx.cache.get("pools", key) or {}).get("status") or {}).get("autoscaler") or {}
-    out: dict[str, Any] = {"engine": engine, "summary": summary}
-    if engine == "builtin":
-        # The built-in scaler owns these fields; keep what it last wrote.
-        for f in ("desiredReplicas", "queueLength", "lastScaleTime"):
-            if old.get(f) is not None:
-                out[f] = old[f]
+    out: dict[str, Any] = {
+        "engine": engine,
+        "summary": f"{engine} {a.min_replicas}-{a.max_replicas}",
+    }
+    st = ctx.scaler.status(key) if engine == "builtin" and ctx.scaler is not None else None
+    for f in ("desiredReplicas", "queueLength", "lastScaleTime"):
+        if st is not None and st.get(f) is not None:
+            out[f] = st[f]
     return out
+
+
+def _scaling_condition(ctx: Context, key: Key, engine: str | None) -> tuple[bool, str, str] | None:
+    """ScalingActive (as an HPA says it): can the built-in scaler read the queues?"""
+    if engine != "builtin" or ctx.scaler is None:
+        return None
+    st = ctx.scaler.status(key)
+    if st is None or (st.get("queueLength") is None and st.get("error") is None):
+        return (True, "Polling", "waiting for the first queue-length poll")
+    if st.get("error"):
+        return (
+            False,
+            "BrokerUnreachable",
+            f"cannot read queue lengths ({st['error']}); replicas stay as they are",
+        )
+    return (True, "QueueLengthRead", f"{st['queueLength']} tasks waiting")
 
 
 def pool_keys_of_app(ctx: Context, app: Key) -> list[Key]:

@@ -7,12 +7,13 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery_operator.controllers.runtime import Cache, WorkQueue
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, apply_owned
+from celery_operator.scaling.scaler import BuiltinScaler
 from celery_operator.status import status_changed
 
 log = logging.getLogger("celery_operator")
@@ -35,8 +36,7 @@ class Context:
     cache: Cache
     queue: WorkQueue
     keda_ttl: float = 60.0
-    # Replicas the built-in scaler wants, by pool key (filled by the scaler, issue 6).
-    scaler_replicas: dict[tuple[str, str], int] = field(default_factory=dict)
+    scaler: BuiltinScaler | None = None
     _keda: tuple[float, bool] = (0.0, False)
 
     def keda_installed(self) -> bool:

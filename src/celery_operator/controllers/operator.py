@@ -24,6 +24,7 @@ from celery_operator.controllers import celeryapp, celeryworkerpool, flower
 from celery_operator.controllers.context import Context
 from celery_operator.controllers.runtime import Cache, WorkQueue, controller_ref
 from celery_operator.render.common import MANAGED_BY
+from celery_operator.scaling.scaler import BuiltinScaler
 
 log = logging.getLogger("celery_operator")
 
@@ -54,6 +55,7 @@ class OperatorConfig:
 def build_context(workers: int) -> Context:
     cache = Cache()
     ctx = Context(cache=cache, queue=WorkQueue({}, workers=workers))
+    ctx.scaler = BuiltinScaler(on_change=lambda key: ctx.queue.add("pool", key))
     ctx.queue.reconcilers.update(
         {
             "app": partial(celeryapp.reconcile_app, ctx),
@@ -186,6 +188,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         await ctx.queue.start_loop()
         await asyncio.to_thread(prime_cache, ctx, config.namespaces)
         await ctx.queue.start()
+        if ctx.scaler is not None:
+            ctx.scaler.start()
         background.append(asyncio.create_task(resync(ctx, config.resync_seconds)))
         log.info(
             "celery-operator started: %d workers, resync every %.0fs",
@@ -197,6 +201,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
     async def cleanup(**_: Any) -> None:
         for task in background:
             task.cancel()
+        if ctx.scaler is not None:
+            ctx.scaler.stop()
         await ctx.queue.stop()
 
 

@@ -1,0 +1,241 @@
+"""The built-in queue-length scaler.
+
+Pools with `autoscaling.queueLength.engine: builtin` are tracked by their reconcile; the
+scaler polls each one's broker every pollingIntervalSeconds (its work grows with those
+pools only, never with the cluster), decides with `decision.decide`, and hands the result
+to the pool's reconcile, which applies it as the worker Deployment's replicas: one writer
+of the Deployment. When the broker cannot be read, replicas stay as they are and the pool
+says so (ScalingActive=False, BrokerUnreachable).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
+
+from celery_operator.brokerurl import BrokerURL
+from celery_operator.scaling.decision import History, Policy, decide, total_waiting
+from celery_operator.scaling.probes import BrokerUnreachableError, Probe, probe_for
+
+log = logging.getLogger("celery_operator.scaler")
+
+Key = tuple[str, str]
+
+POLLS = Counter(
+    "celery_operator_scaler_polls_total", "Broker polls by the built-in scaler", ["result"]
+)
+POLL_SECONDS = Histogram(
+    "celery_operator_scaler_poll_seconds",
+    "Time of one queue-length poll",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
+)
+SCALES = Counter(
+    "celery_operator_scaler_scale_events_total", "Replica changes decided", ["direction"]
+)
+
+# A new queue length alone is written to the pool's status at most this often.
+STATUS_EVERY = 15.0
+
+
+@dataclass(frozen=True)
+class Target:
+    key: Key
+    broker: BrokerURL
+    url_id: str  # identifies the broker connection (the URL itself; never logged)
+    queues: tuple[str, ...]
+    policy: Policy
+    interval: float
+
+
+@dataclass
+class State:
+    target: Target
+    replicas: int
+    history: History
+    queue_length: int | None = None
+    last_scale_time: str | None = None
+    error: str | None = None
+    notified_at: float = 0.0
+    polling: bool = False
+
+
+@dataclass
+class BuiltinScaler:
+    on_change: Callable[[Key], None]
+    workers: int = 4
+    clock: Callable[[], float] = time.monotonic
+    _states: dict[Key, State] = field(default_factory=dict)
+    _probes: dict[str, Probe] = field(default_factory=dict)
+    _heap: list[tuple[float, Key]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _wake: threading.Condition = field(init=False)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _executor: concurrent.futures.ThreadPoolExecutor | None = None
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self._wake = threading.Condition(self._lock)
+
+    # ---- what reconciles call ------------------------------------------------------
+    def track(self, target: Target, current: int) -> None:
+        """Starts (or updates) polling a pool. The first time, the history is seeded with
+        the current replicas, so a restart never scales down before a full cooldown."""
+        with self._wake:
+            state = self._states.get(target.key)
+            if state is None:
+                now = self.clock()
+                self._states[target.key] = State(target, current, History(((now, current),)))
+                heapq.heappush(self._heap, (now, target.key))
+                self._wake.notify()
+            elif state.target != target:
+                if state.target.url_id != target.url_id:
+                    state.error = None
+                state.target = target
+
+    def untrack(self, key: Key) -> None:
+        with self._lock:
+            self._states.pop(key, None)
+
+    def replicas(self, key: Key) -> int | None:
+        with self._lock:
+            s = self._states.get(key)
+            return None if s is None else s.replicas
+
+    def status(self, key: Key) -> dict[str, object] | None:
+        """status.autoscaler fields and the broker error, if any."""
+        with self._lock:
+            s = self._states.get(key)
+            if s is None:
+                return None
+            return {
+                "desiredReplicas": s.replicas,
+                "queueLength": s.queue_length,
+                "lastScaleTime": s.last_scale_time,
+                "error": s.error,
+            }
+
+    # ---- the loop ------------------------------------------------------------------
+    def start(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            self.workers, thread_name_prefix="scaler"
+        )
+        self._thread = threading.Thread(target=self._loop, name="scaler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        for probe in list(self._probes.values()):
+            probe.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._wake:
+                if not self._heap:
+                    self._wake.wait(timeout=1.0)
+                    continue
+                due, key = self._heap[0]
+                delay = due - self.clock()
+                if delay > 0:
+                    self._wake.wait(timeout=min(delay, 1.0))
+                    continue
+                heapq.heappop(self._heap)
+                state = self._states.get(key)
+                if state is None:
+                    continue  # untracked
+                heapq.heappush(self._heap, (max(due + state.target.interval, self.clock()), key))
+                if state.polling:
+                    continue  # the previous poll is still running: skip a beat
+                state.polling = True
+            assert self._executor is not None
+            self._executor.submit(self.poll, key)
+
+    def poll(self, key: Key) -> None:
+        """One poll of one pool (also called directly by tests and the benchmark)."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            target = state.target
+        started = time.perf_counter()
+        try:
+            probe = self._probe(target)
+            lengths = probe.queue_lengths(target.queues)
+            error = None
+            POLLS.labels("ok").inc()
+        except BrokerUnreachableError as e:
+            lengths, error = [], str(e)
+            POLLS.labels("unreachable").inc()
+            self._drop_probe(target.url_id)
+        finally:
+            POLL_SECONDS.observe(time.perf_counter() - started)
+        notify = False
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            state.polling = False
+            now = self.clock()
+            if error is not None:
+                if state.error != error:
+                    log.warning("pool %s/%s: %s; replicas stay at %d", *key, error, state.replicas)
+                    notify = True
+                state.error = error
+            else:
+                waiting = total_waiting(lengths)
+                desired, state.history = decide(
+                    waiting, state.replicas, target.policy, state.history, now
+                )
+                if desired != state.replicas:
+                    SCALES.labels("up" if desired > state.replicas else "down").inc()
+                    log.info(
+                        "pool %s/%s: %d waiting -> %d replicas (was %d)",
+                        *key,
+                        waiting,
+                        desired,
+                        state.replicas,
+                    )
+                    state.replicas = desired
+                    state.last_scale_time = (
+                        dt.datetime.now(dt.UTC)
+                        .replace(microsecond=0)
+                        .isoformat()
+                        .replace("+00:00", "Z")
+                    )
+                    notify = True
+                if state.error is not None:
+                    state.error = None
+                    notify = True
+                if waiting != state.queue_length and now - state.notified_at >= STATUS_EVERY:
+                    notify = True
+                state.queue_length = waiting
+            if notify:
+                state.notified_at = now
+        if notify:
+            self.on_change(key)
+
+    def _probe(self, target: Target) -> Probe:
+        with self._lock:
+            probe = self._probes.get(target.url_id)
+        if probe is None:
+            probe = probe_for(target.broker)
+            with self._lock:
+                probe = self._probes.setdefault(target.url_id, probe)
+        return probe
+
+    def _drop_probe(self, url_id: str) -> None:
+        with self._lock:
+            probe = self._probes.pop(url_id, None)
+        if probe is not None:
+            probe.close()
