@@ -80,3 +80,6 @@ dev-down:
 
 demo: deps testenv
 	$(BIN)/python -m testenv.dev demo
+
+bench: deps testenv brokers
+	$(BIN)/python -m bench.run

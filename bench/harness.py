@@ -1,0 +1,170 @@
+"""What every benchmark needs: a real control plane (the project's own, or $KUBECONFIG),
+the CRDs, the operator as a subprocess, kubectl, and statistics."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testenv.controlplane import ControlPlane, find_binaries  # noqa: E402
+
+
+@dataclass
+class Env:
+    kubeconfig: Path
+    kubectl_bin: Path
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        out = subprocess.run(
+            [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def apply(self, objs: list[dict[str, Any]]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+
+    def install_crds(self) -> None:
+        files = sorted(ROOT.glob("crds/*/*.celeryproject.org.yaml"))
+        self.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
+        for f in files:
+            wait(
+                lambda f=f: (
+                    "True"
+                    in self.kubectl(
+                        "get",
+                        "crd",
+                        f.stem,
+                        "-o",
+                        'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                    )
+                ),
+                60,
+            )
+
+
+@contextlib.contextmanager
+def environment() -> Iterator[Env]:
+    external = os.environ.get("KUBECONFIG")
+    if external:
+        yield Env(Path(external), find_binaries().kubectl)
+        return
+    with ControlPlane() as cp:
+        assert cp.binaries is not None
+        env = Env(cp.kubeconfig, cp.binaries.kubectl)
+        env.install_crds()
+        yield env
+
+
+def wait(check: Callable[[], object], timeout: float, every: float = 0.01) -> float:
+    """Polls `check` until truthy; returns the elapsed seconds."""
+    start = time.perf_counter()
+    while True:
+        with contextlib.suppress(Exception):
+            if check():
+                return time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(every)
+
+
+@contextlib.contextmanager
+def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as a subprocess with the admin kubeconfig (RBAC is tested elsewhere)."""
+    port = 0
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = Path(tempfile.mkdtemp(prefix="bench-operator-")) / "operator.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery_operator.cli",
+                "run",
+                "--bind-address=127.0.0.1",
+                f"--liveness-port={port}",
+                "--metrics-port=0",
+                "--log-level=WARNING",
+                *args,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(env.kubeconfig)},
+        )
+    try:
+
+        def healthy() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+
+        wait(healthy, 60, every=0.2)
+        proc.log = log  # type: ignore[attr-defined]
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    s = sorted(samples)
+    q = statistics.quantiles(s, n=10) if len(s) >= 2 else [s[0]] * 9
+    return {
+        "n": len(s),
+        "median": statistics.median(s),
+        "p10": q[0],
+        "p90": q[-1],
+        "min": s[0],
+        "max": s[-1],
+    }
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    mem = ""
+    with contextlib.suppress(OSError):
+        kb = int(
+            next(
+                line
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ).split()[1]
+        )
+        mem = f", {kb / 1024 / 1024:.0f} GiB"
+    return f"{platform.machine()}, {cpus} cores{mem}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1))
+    return path
