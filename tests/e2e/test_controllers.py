@@ -200,6 +200,28 @@ def test_deleted_or_edited_child_is_restored(
     )
 
 
+def test_deleted_mirror_secret_is_restored(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """Secrets are not watched (no cluster-wide list/watch): any reconcile repairs them."""
+    team = cluster.create_namespace("team", labels={"celeryproject.org/attach-to-shop": "true"})
+    try:
+        cluster.apply([secret(namespace), app(namespace), pool(team, "emails", app_ns=namespace)])
+        wait_ready(cluster, "celeryworkerpool", "emails", team)
+        cluster.kubectl("delete", "secret", "shop-emails-connection", "-n", team)
+        # A spec change reconciles the pool at once (the periodic resync would too).
+        cluster.kubectl(
+            "patch", "cwp", "emails", "-n", team, "--type=merge", "-p", '{"spec":{"concurrency":3}}'
+        )
+        wait_for(
+            "the mirror Secret to come back",
+            lambda: cluster.exists("secret", "shop-emails-connection", team),
+            timeout=30,
+        )
+    finally:
+        cluster.run("delete", "namespace", team, "--wait=false")
+
+
 def test_team_pools_bind_only_in_admitted_namespaces(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
@@ -298,7 +320,7 @@ def test_invalid_spec_past_admission_is_reported_and_creates_nothing(
     without the webhook it reaches the controller, which refuses it with the same message."""
     bad = app(namespace, broker={"url": {"value": "redis://:hunter2@redis:6379/0"}})
     bad["spec"]["broker"]["url"].pop("secretKeyRef", None)
-    cluster.apply(bad)
+    cluster.apply([bad, pool(namespace)])
     cluster.wait("--for=condition=Ready=False", "celeryapp/shop", "-n", namespace)
     c = condition(cluster.get("celeryapp", "shop", namespace), "Ready")
     assert c["reason"] == "InvalidSpec"
@@ -307,6 +329,14 @@ def test_invalid_spec_past_admission_is_reported_and_creates_nothing(
     )
     assert "hunter2" not in json.dumps(cluster.get("celeryapp", "shop", namespace)["status"])
     assert deployment(cluster, "shop-beat", namespace) is None
+    # Its pools render nothing from it either.
+    cluster.wait(
+        '--for=jsonpath={.status.conditions[?(@.type=="Ready")].reason}=AppInvalid',
+        "cwp/default",
+        "-n",
+        namespace,
+    )
+    assert deployment(cluster, "shop-default", namespace) is None
 
 
 def test_paused_app_keeps_children_as_they_are(

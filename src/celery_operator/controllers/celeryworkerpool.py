@@ -22,6 +22,7 @@ from celery_operator.scaling.decision import Policy
 from celery_operator.scaling.scaler import Target
 from celery_operator.status import pool_status
 from celery_operator.validation import errors, format_problems
+from celery_operator.validation.celeryapp import validate_app
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
     binding_reason,
@@ -48,6 +49,14 @@ def parse_app(body: dict[str, Any] | None) -> CeleryApp | None:
         return CeleryApp.model_validate(body)
     except ValidationError:
         return None
+
+
+def app_problems(app: CeleryApp) -> str:
+    """The app's spec errors as one message ('' when valid)."""
+    errs = errors(validate_app(app))
+    if not errs:
+        return ""
+    return f"CeleryApp {app.metadata['namespace']}/{app.metadata['name']} is invalid: {format_problems(errs)}"
 
 
 def selector_string(pool: CeleryWorkerPool) -> str:
@@ -172,6 +181,18 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     engine = render_autoscaling.autoscaler_engine(pool)
     deployment_ident = ("apps/v1/Deployment", key[0], deploy_name)
     cached_deploy = ctx.cache.child(uid, *deployment_ident)
+    app_errors = app_problems(app)
+    if app_errors:
+        # The app's own status says why; nothing is rendered from an invalid app.
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name,
+            deployment=cached_deploy,
+            selector=selector,
+            blocked=("AppInvalid", app_errors),
+        )
+        return
 
     if not apply or app.spec.paused:
         tracked = engine == "builtin" and not app.spec.paused  # keep polling between reconciles

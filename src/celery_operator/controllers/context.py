@@ -19,6 +19,8 @@ from celery_operator.status import status_changed
 log = logging.getLogger("celery_operator")
 
 HASH_ANNOTATION = "celeryproject.org/applied-hash"
+# Children whose kind is not watched (no cluster-wide list/watch on Secrets).
+UNWATCHED_KINDS = frozenset({"Secret"})
 Ident = tuple[str, str, str]  # ("apiVersion/kind", namespace, name)
 
 
@@ -83,6 +85,8 @@ class Context:
         return live
 
     def _unchanged(self, cached: Mapping[str, Any], digest: str) -> bool:
+        if cached.get("kind") in UNWATCHED_KINDS:
+            return False  # no watch tells us when it is deleted or edited: always apply
         meta = cached.get("metadata") or {}
         if (meta.get("annotations") or {}).get(HASH_ANNOTATION) != digest:
             return False

@@ -7,7 +7,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_operator.api.flower import Flower
-from celery_operator.controllers.celeryworkerpool import invalid_spec_message, parse_app
+from celery_operator.controllers.celeryworkerpool import (
+    app_problems,
+    invalid_spec_message,
+    parse_app,
+)
 from celery_operator.controllers.context import Context, patch_status_if_changed
 from celery_operator.controllers.runtime import Key
 from celery_operator.k8s.children import ChildConflictError
@@ -77,6 +81,9 @@ def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
         return
     accepted = (True, "Bound", f"monitoring CeleryApp {key[0]}/{app_key[1]}")
     url = render.flower_url(flower)
+    if invalid := app_problems(app):
+        done(accepted, cached, url, blocked=("AppInvalid", invalid))
+        return
     if not apply or app.spec.paused:
         done(accepted, cached, url, paused=app.spec.paused)
         return
