@@ -23,7 +23,21 @@ _FAMILIES: dict[str, Family] = {
     "librabbitmq": "amqp",
     "sqs": "sqs",
 }
-_DEFAULT_PORTS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "pyamqp": 5672, "amqps": 5671}
+_DEFAULT_PORTS = {
+    "redis": 6379,
+    "rediss": 6379,
+    "amqp": 5672,
+    "pyamqp": 5672,
+    "librabbitmq": 5672,
+    "amqps": 5671,
+}
+
+
+def _netloc_host(host: str, port: int | None) -> str:
+    """host[:port], with an IPv6 address in brackets."""
+    h = f"[{host}]" if ":" in host else host
+    return f"{h}:{port}" if port else h
+
 
 # kombu's Redis transport keeps priorities 3, 6 and 9 in extra lists "<queue>\x06\x16<step>".
 REDIS_PRIORITY_SEP = "\x06\x16"
@@ -72,14 +86,13 @@ class BrokerURL:
         return vhost or "/"
 
     def address(self) -> str:
-        return f"{self.host}:{self.port}" if self.port else self.host
+        return _netloc_host(self.host, self.port)
 
     def redacted(self) -> str:
         """The URL with its password replaced: safe for logs, events and status."""
         user = quote(self.username, safe="") if self.username else ""
         cred = f"{user}:***@" if self.password else (f"{user}@" if user else "")
-        port = f":{self.port}" if self.port else ""
-        return f"{self.scheme}://{cred}{self.host}{port}{self.path}"
+        return f"{self.scheme}://{cred}{_netloc_host(self.host, self.port)}{self.path}"
 
     def amqp_url(self) -> str:
         """An amqp(s):// URL with credentials, as RabbitMQ clients other than kombu expect
@@ -88,9 +101,8 @@ class BrokerURL:
         cred = ""
         if self.username or self.password:
             cred = f"{quote(self.username, safe='')}:{quote(self.password, safe='')}@"
-        port = f":{self.port}" if self.port else ""
         vhost = quote(self.amqp_vhost, safe="")
-        return f"{scheme}://{cred}{self.host}{port}/{vhost}"
+        return f"{scheme}://{cred}{_netloc_host(self.host, self.port)}/{vhost}"
 
 
 def parse_broker_url(url: str) -> BrokerURL:
@@ -100,11 +112,19 @@ def parse_broker_url(url: str) -> BrokerURL:
         raise BrokerURLError("a broker URL looks like scheme://host:port/...; got no scheme")
     scheme = url.split("://", 1)[0].lower()
     family = _FAMILIES.get(scheme, "other")
+    # A raw '/', '?' or '#' in a password ends the authority early: the rest of the
+    # credentials would land in the port or the path. Refuse without quoting any of it.
+    unencoded = BrokerURLError(
+        f"cannot parse the {scheme}:// URL: its credentials must be URL-encoded "
+        "(a '/', '?' or '#' in a password is written %2F, %3F, %23)"
+    )
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as e:
-        raise BrokerURLError(f"cannot parse the {scheme}:// URL: {e}") from None
+    except ValueError:
+        raise unencoded from None
+    if "@" not in parts.netloc and "@" in url.split("://", 1)[1]:
+        raise unencoded
     return BrokerURL(
         scheme=scheme,
         family=family,
@@ -118,7 +138,8 @@ def parse_broker_url(url: str) -> BrokerURL:
 
 
 def literal_url_has_password(url: str) -> bool:
-    """True when a URL carries a password (which belongs in a Secret, not in a spec)."""
+    """True when a URL carries a password (which belongs in a Secret, not in a spec).
+    A URL that cannot be parsed is reported as such by the validators, not here."""
     try:
         return parse_broker_url(url).has_password
     except BrokerURLError:

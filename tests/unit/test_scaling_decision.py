@@ -32,7 +32,7 @@ T0 = 1000.0  # an arbitrary monotonic-clock origin
 # ceil(waiting / target). `recommend` applies activation also when min_replicas > 0.
 # While True, the properties leave out that one starting state and the example test below
 # is expected to fail; once fixed, that test XPASSes (strict), so set this to False.
-KNOWN_BUG_ACTIVATION_BELOW_MIN = True
+KNOWN_BUG_ACTIVATION_BELOW_MIN = False
 
 
 def seeded(current: int, at: float = T0) -> History:

@@ -40,8 +40,8 @@ def recommend(waiting: int, current: int, p: Policy) -> int:
     """What this one observation asks for, before stabilization."""
     if waiting <= 0:
         return p.min_replicas
-    if current == 0 and waiting <= p.activation:
-        return 0 if p.min_replicas == 0 else p.min_replicas
+    if current == 0 and waiting <= p.activation and p.min_replicas == 0:
+        return 0  # asleep, and not enough waiting to wake up
     wanted = math.ceil(waiting / p.target_per_replica)
     return max(p.min_replicas, min(p.max_replicas, max(wanted, 1)))
 

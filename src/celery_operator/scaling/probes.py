@@ -29,6 +29,8 @@ class Probe(Protocol):
 class RedisProbe:
     def __init__(self, url: BrokerURL, timeout: float = 5.0) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.url = url
         self._client = redis.Redis(
@@ -40,8 +42,11 @@ class RedisProbe:
             ssl=url.tls,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            health_check_interval=30,
+            # One immediate retry (a pooled connection the server closed); no backoff, so
+            # an unreachable broker is reported within one timeout, not after seconds.
+            retry=Retry(NoBackoff(), 1),
+            # No PING before a pipeline after idling: one round trip per poll.
+            health_check_interval=0,
         )
 
     def queue_lengths(self, queues: Sequence[str]) -> list[int]:
@@ -74,7 +79,7 @@ class RabbitMQProbe:
         import amqp
 
         conn = amqp.Connection(
-            host=f"{self.url.host}:{self.url.port or 5672}",
+            host=self.url.address() if self.url.port else f"{self.url.address()}:5672",
             userid=self.url.username or "guest",
             password=self.url.password or "guest",
             virtual_host=self.url.amqp_vhost,

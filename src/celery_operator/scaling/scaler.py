@@ -65,6 +65,7 @@ class State:
     error: str | None = None
     notified_at: float = 0.0
     polling: bool = False
+    generation: int = 0  # heap entries of an older generation are stale
 
 
 @dataclass
@@ -74,7 +75,8 @@ class BuiltinScaler:
     clock: Callable[[], float] = time.monotonic
     _states: dict[Key, State] = field(default_factory=dict)
     _probes: dict[str, Probe] = field(default_factory=dict)
-    _heap: list[tuple[float, Key]] = field(default_factory=list)
+    _heap: list[tuple[float, int, Key]] = field(default_factory=list)
+    _generation: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _wake: threading.Condition = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -92,8 +94,12 @@ class BuiltinScaler:
             state = self._states.get(target.key)
             if state is None:
                 now = self.clock()
-                self._states[target.key] = State(target, current, History(((now, current),)))
-                heapq.heappush(self._heap, (now, target.key))
+                self._generation += 1
+                gen = self._generation
+                self._states[target.key] = State(
+                    target, current, History(((now, current),)), generation=gen
+                )
+                heapq.heappush(self._heap, (now, gen, target.key))
                 self._wake.notify()
             elif state.target != target:
                 if state.target.url_id != target.url_id:
@@ -134,8 +140,10 @@ class BuiltinScaler:
         self._stop.set()
         with self._wake:
             self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
         for probe in list(self._probes.values()):
             probe.close()
 
@@ -145,21 +153,26 @@ class BuiltinScaler:
                 if not self._heap:
                     self._wake.wait(timeout=1.0)
                     continue
-                due, key = self._heap[0]
+                due, gen, key = self._heap[0]
                 delay = due - self.clock()
                 if delay > 0:
                     self._wake.wait(timeout=min(delay, 1.0))
                     continue
                 heapq.heappop(self._heap)
                 state = self._states.get(key)
-                if state is None:
-                    continue  # untracked
-                heapq.heappush(self._heap, (max(due + state.target.interval, self.clock()), key))
-                if state.polling:
+                if state is None or state.generation != gen:
+                    continue  # untracked (and maybe tracked again, with its own entry)
+                heapq.heappush(
+                    self._heap, (max(due + state.target.interval, self.clock()), gen, key)
+                )
+                if state.polling or self._stop.is_set():
                     continue  # the previous poll is still running: skip a beat
                 state.polling = True
             assert self._executor is not None
-            self._executor.submit(self.poll, key)
+            try:
+                self._executor.submit(self.poll, key)
+            except RuntimeError:  # shut down by stop() meanwhile
+                return
 
     def poll(self, key: Key) -> None:
         """One poll of one pool (also called directly by tests and the benchmark)."""
@@ -169,23 +182,30 @@ class BuiltinScaler:
                 return
             target = state.target
         started = time.perf_counter()
+        error: str | None = None
+        lengths: list[int] = []
         try:
             probe = self._probe(target)
             lengths = probe.queue_lengths(target.queues)
-            error = None
             POLLS.labels("ok").inc()
         except BrokerUnreachableError as e:
-            lengths, error = [], str(e)
+            error = str(e)
             POLLS.labels("unreachable").inc()
+            self._drop_probe(target.url_id)
+        except Exception as e:  # never stop polling a pool over one surprise
+            error = f"{target.broker.redacted()}: {type(e).__name__}"
+            POLLS.labels("error").inc()
             self._drop_probe(target.url_id)
         finally:
             POLL_SECONDS.observe(time.perf_counter() - started)
+            with self._lock:
+                if (st := self._states.get(key)) is not None:
+                    st.polling = False
         notify = False
         with self._lock:
             state = self._states.get(key)
-            if state is None:
+            if state is None or self._stop.is_set():
                 return
-            state.polling = False
             now = self.clock()
             if error is not None:
                 if state.error != error:
