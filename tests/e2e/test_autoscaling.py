@@ -337,3 +337,36 @@ def test_credentials_never_appear_in_logs_status_or_events(
         assert secret_text not in log
         assert secret_text not in events
         assert secret_text not in statuses
+
+
+def test_switching_to_an_autoscaler_keeps_the_replicas(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """When the operator stops writing spec.replicas (an HPA takes over), server-side apply
+    would drop the field and the Deployment would fall to 1; the hand-off keeps it."""
+    cluster.apply([secret(namespace), app(namespace), pool(namespace, "emails", replicas=3)])
+    wait_replicas(cluster, namespace, 3)
+    before = cluster.get("deployment", "shop-emails", namespace)["metadata"]["annotations"][
+        "celeryproject.org/applied-hash"
+    ]
+    cluster.kubectl(
+        "patch",
+        "cwp",
+        "emails",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"autoscaling":{"maxReplicas":5,"cpu":{"averageUtilization":80}}}}',
+    )
+    wait_for(
+        "the operator to apply the Deployment without replicas",
+        lambda: (
+            cluster.get("deployment", "shop-emails", namespace)["metadata"]["annotations"][
+                "celeryproject.org/applied-hash"
+            ]
+            != before
+        ),
+    )
+    assert cluster.exists("hpa", "shop-emails", namespace)
+    assert replicas(cluster, namespace) == 3

@@ -97,14 +97,18 @@ class ShutdownSpec(Model):
         ge=0,
         le=86400,
         description=(
-            "Celery's worker_soft_shutdown_timeout: seconds running tasks may still finish "
-            "during a warm shutdown. Must be less than terminationGracePeriodSeconds."
+            "Celery's worker_soft_shutdown_timeout (Celery >= 5.5): seconds running tasks may "
+            "still finish after SIGTERM before the worker stops them; a stopped task returns "
+            "to the queue only with task_acks_late. 0: classic warm shutdown, waiting for "
+            "tasks up to terminationGracePeriodSeconds. Must be less than "
+            "terminationGracePeriodSeconds."
         ),
     )
 
 
 class LivenessProbe(Model):
-    """The worker liveness probe (`celery inspect ping` to this worker only)."""
+    """The worker liveness probe: pings this worker only, and passes while the broker
+    cannot be reached (a restart would not bring it back)."""
 
     enabled: bool = Field(default=True, description="Run the liveness probe.")
     period_seconds: int = Field(default=60, ge=1, le=3600, description="Seconds between probes.")
@@ -193,7 +197,11 @@ class QueueLengthScaling(Model):
         default=300,
         ge=0,
         le=86400,
-        description="Seconds the queues must stay empty before scaling to zero.",
+        description=(
+            "builtin: the scale-down stabilization window (replicas go down only to the "
+            "highest need seen in this window, to zero only after empty queues for this "
+            "long); keda: KEDA's cooldownPeriod before scaling to zero."
+        ),
     )
 
 

@@ -13,7 +13,7 @@ from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_ur
 from celery_operator.controllers.context import Context, patch_status_if_changed
 from celery_operator.controllers.runtime import Key, pool_app_key
 from celery_operator.k8s import client
-from celery_operator.k8s.children import ChildConflictError
+from celery_operator.k8s.children import ChildConflictError, delete_owned, hand_off_replicas
 from celery_operator.render import autoscaling as render_autoscaling
 from celery_operator.render import celeryworkerpool as render
 from celery_operator.render import common
@@ -57,6 +57,22 @@ def app_problems(app: CeleryApp) -> str:
     if not errs:
         return ""
     return f"CeleryApp {app.metadata['namespace']}/{app.metadata['name']} is invalid: {format_problems(errs)}"
+
+
+def prune_known_secrets(ctx: Context, pool: CeleryWorkerPool, uid: str, keep: set[str]) -> int:
+    """Deletes the pool's mirror and KEDA Secrets unless kept (only if the pool controls
+    them). Secrets are not watched, so after a restart the cache does not know them."""
+    app_name = pool.spec.app_ref.name
+    names = {
+        common.connection_secret_name(app_name, pool.metadata["name"]),
+        render_autoscaling.keda_secret_name_of(app_name, pool.metadata["name"]),
+    }
+    n = sum(
+        delete_owned("v1", "Secret", name, pool.metadata["namespace"], uid)
+        for name in sorted(names - keep)
+    )
+    ctx.secrets_checked.add(uid)
+    return n
 
 
 def selector_string(pool: CeleryWorkerPool) -> str:
@@ -165,7 +181,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
         return
     if reason is not None:
         if apply:
-            n = ctx.delete_children(uid)
+            n = ctx.delete_children(uid) + prune_known_secrets(ctx, pool, uid, keep=set())
             if n:
                 log.info("pool %s/%s not accepted (%s): stopped its workers", *key, reason[0])
         done(
@@ -203,7 +219,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
             deployment=cached_deploy,
             selector=selector,
             autoscaler=_autoscaler_status(ctx, key, pool, engine),
-            scaling=_scaling_condition(ctx, key, engine),
+            scaling=None if app.spec.paused else _scaling_condition(ctx, key, engine),
             paused=app.spec.paused,
         )
         return
@@ -288,6 +304,8 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
         mirror = secret["metadata"]["name"]
         desired.append(secret)
     replicas = desired_replicas(ctx, key, pool, engine, cached_deploy)
+    if replicas is None and cached_deploy is not None:
+        hand_off_replicas({"apiVersion": "apps/v1", "kind": "Deployment", **cached_deploy})
     desired.append(
         render.build_worker_deployment(
             app, pool, owner, replicas=replicas, connection_secret=mirror

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator.controllers.runtime import Cache, WorkQueue
@@ -39,6 +39,8 @@ class Context:
     queue: WorkQueue
     keda_ttl: float = 60.0
     scaler: BuiltinScaler | None = None
+    # Pools whose (unwatched) Secrets were looked for since this process started.
+    secrets_checked: set[str] = field(default_factory=set)
     _keda: tuple[float, bool] = (0.0, False)
 
     def keda_installed(self) -> bool:

@@ -50,3 +50,41 @@ def delete_owned(api_version: str, kind: str, name: str, namespace: str, owner_u
     if live is None or controller_uid(live) != owner_uid:
         return False
     return client.delete_object(api_version, kind, name, namespace, uid=live["metadata"]["uid"])
+
+
+HANDOFF_MANAGER = "celery-operator-handoff"
+
+
+def owns_field(live: Mapping[str, Any], manager: str, *path: str) -> bool:
+    """Whether `manager` owns the field at `path` (e.g. "spec", "replicas") by apply."""
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        node = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}")
+            if node is None:
+                break
+        else:
+            return True
+    return False
+
+
+def hand_off_replicas(live: Mapping[str, Any]) -> bool:
+    """Before the operator stops applying spec.replicas (an HPA or KEDA takes over), a
+    second field manager takes co-ownership at the current value: otherwise server-side
+    apply would drop the field and the Deployment would fall back to 1 replica until the
+    autoscaler acts. Returns whether a hand-off was needed."""
+    if not owns_field(live, client.FIELD_MANAGER, "spec", "replicas"):
+        return False
+    meta = live["metadata"]
+    client.apply_object(
+        {
+            "apiVersion": live["apiVersion"],
+            "kind": live["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+            "spec": {"replicas": live["spec"]["replicas"]},
+        },
+        field_manager=HANDOFF_MANAGER,
+    )
+    return True

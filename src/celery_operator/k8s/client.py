@@ -229,7 +229,9 @@ def api_group_served(group_version: str) -> bool:
 
 
 # ---- writes ---------------------------------------------------------------------------
-def apply_object(manifest: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+def apply_object(
+    manifest: Mapping[str, Any], *, force: bool = True, field_manager: str = FIELD_MANAGER
+) -> dict[str, Any]:
     """Server-side apply under the operator's field manager; returns the live object."""
     meta = manifest["metadata"]
     r = resource(manifest["apiVersion"], manifest["kind"])
@@ -237,7 +239,7 @@ def apply_object(manifest: Mapping[str, Any], *, force: bool = True) -> dict[str
         "PATCH",
         r.path(meta.get("namespace"), meta["name"]),
         body=manifest,
-        query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
+        query=[("fieldManager", field_manager), ("force", "true" if force else "false")],
         content_type="application/apply-patch+yaml",
     )
 

@@ -48,7 +48,6 @@ def operator_rules() -> list[dict[str, Any]]:
         },
         # workerPoolPolicy selects namespaces by label.
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         # kopf discovers resources (KEDA's may appear later) through CRDs: read only.
         {
             "apiGroups": ["apiextensions.k8s.io"],

@@ -104,10 +104,12 @@ class KedaObjects:
     scaled_object: dict[str, Any]
 
 
+def keda_secret_name_of(app_name: str, pool_name: str) -> str:
+    return c.fit(f"{c.worker_deployment_name(app_name, pool_name)}-keda", 63)
+
+
 def keda_secret_name(app: CeleryApp, pool: CeleryWorkerPool) -> str:
-    return c.fit(
-        f"{c.worker_deployment_name(app.metadata['name'], pool.metadata['name'])}-keda", 63
-    )
+    return keda_secret_name_of(app.metadata["name"], pool.metadata["name"])
 
 
 def sqs_queue_name(queue: str) -> str:

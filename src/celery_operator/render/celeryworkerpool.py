@@ -16,6 +16,8 @@ COMPONENT = "worker"
 # broker itself cannot be reached the probe passes: restarting a healthy worker does not
 # bring a broker back, and a broker blip must not restart every worker of the cluster.
 # It runs in the app's image with the app's own configuration (transport options, TLS).
+# Brokers without broadcast (SQS) cannot carry a ping: there the probe only checks the
+# process answers at all.
 LIVENESS_SCRIPT = """\
 import os, socket, sys
 from celery.app.utils import find_app
@@ -25,8 +27,12 @@ timeout = float(os.environ.get("CELERY_PROBE_TIMEOUT", "10"))
 try:
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
+        broadcast = "fanout" in conn.transport.implements.exchange_type
 except Exception as exc:
     print(f"broker unreachable, not restarting: {type(exc).__name__}")
+    sys.exit(0)
+if not broadcast:
+    print("this broker has no remote control (e.g. SQS): the process is alive, that is all")
     sys.exit(0)
 replies = app.control.ping(destination=[node], timeout=timeout)
 if any(node in r for r in replies):
