@@ -181,7 +181,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
-        settings.posting.level = logging.WARNING
+        # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
+        settings.posting.enabled = False
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.networking.request_timeout = 60

@@ -109,11 +109,17 @@ def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[s
     ]
 
 
-def webhook_namespace_rules() -> list[dict[str, Any]]:
-    # The shared CA lives in a Secret of the operator's namespace (create cannot be limited
-    # by name, so the Role is namespaced instead).
+def webhook_namespace_rules(ca_secret: str = "celery-operator-webhook-ca") -> list[dict[str, Any]]:
+    # The shared CA lives in a Secret of the operator's namespace. `create` cannot be
+    # limited by name, so it is granted in this namespace only; the rest by name.
     return [
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch"]}
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": [ca_secret],
+            "verbs": ["get", "patch"],
+        },
     ]
 
 
