@@ -7,13 +7,14 @@ BIN := $(abspath $(VENV))/bin
 RUN := testenv/.run
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps testenv brokers test unit integration e2e lint fmt manifests \
+.PHONY: help deps testenv brokers test unit integration e2e lint fmt manifests install-yaml \
         cluster-up cluster-down dev-up dev-down demo bench clean
 
 help:
 	@echo "make test          install everything, then lint + every test suite (what CI runs)"
 	@echo "make demo          control plane + CRDs + webhooks + operator + examples"
-	@echo "make manifests     regenerate crds/, webhooks/ and the chart's CRDs from the models"
+	@echo "make manifests     regenerate crds/, webhooks/, the chart's CRDs and RBAC, deploy/install.yaml"
+	@echo "make install-yaml  re-render deploy/install.yaml from the chart (needs helm: make testenv)"
 	@echo "make lint          ruff, mypy --strict, import contracts"
 	@echo "make cluster-up    start the local control plane (KUBECONFIG=$(RUN)/kubeconfig)"
 	@echo "make cluster-down  stop it"
@@ -67,6 +68,12 @@ clean: cluster-down
 
 manifests: deps
 	$(BIN)/celery-operator manifests
+	$(MAKE) --no-print-directory install-yaml
+
+# deploy/install.yaml: the chart rendered with its default values (helm from testenv).
+install-yaml: deps
+	testenv/build.sh helm >/dev/null
+	$(BIN)/python -m celery_operator.manifests.install_yaml
 
 # Re-extract the upstream schemas of the core types the CRDs embed (needs Go).
 k8s-schemas: deps
