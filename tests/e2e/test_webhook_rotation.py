@@ -43,7 +43,6 @@ def short_lived_webhook(
     wh = WebhookProcess(
         cluster,
         new_workdir(),
-        "--ca-secret=rotation-test-ca",
         "--ca-validity-seconds=24",
         "--cert-validity-seconds=9",
         "--rotation-check-seconds=0.5",

@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from celery_operator.manifests.rbac import operator_rbac, webhook_rbac
 from celery_operator.manifests.webhooks import build_webhook_configurations
 from tests.support.cluster import Cluster, wait_for
 
@@ -49,6 +48,30 @@ def service_account_kubeconfig(cluster: Cluster, namespace: str, name: str, path
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "celery-operator"
+
+
+def chart_rbac(cluster: Cluster, template: str) -> list[dict[str, Any]]:
+    """The ServiceAccount, roles and bindings exactly as the Helm chart renders them."""
+    if cluster.helm_bin is None:
+        raise AssertionError("helm not found: run `make testenv`")
+    out = subprocess.run(
+        [
+            str(cluster.helm_bin),
+            "template",
+            "celery-operator",
+            str(CHART),
+            f"--namespace={NAMESPACE}",
+            "--kube-version=v1.30.0",
+            f"--show-only=templates/{template}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 class ComponentProcess:
@@ -152,7 +175,7 @@ class OperatorProcess(ComponentProcess):
         super().__init__(cluster, workdir, *extra_args)
 
     def rbac(self) -> list[dict[str, Any]]:
-        return operator_rbac(NAMESPACE, SERVICE_ACCOUNT)
+        return chart_rbac(self.cluster, "operator-rbac.yaml")
 
     def args(self) -> list[str]:
         return [
@@ -185,7 +208,7 @@ class WebhookProcess(ComponentProcess):
         super().__init__(cluster, workdir, *extra_args)
 
     def rbac(self) -> list[dict[str, Any]]:
-        return webhook_rbac(NAMESPACE, self.service_account)
+        return chart_rbac(self.cluster, "webhook-rbac.yaml")
 
     def args(self) -> list[str]:
         return [
