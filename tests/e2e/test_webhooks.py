@@ -145,10 +145,22 @@ def test_keda_engine_follows_keda_installation(
     try:
         for c in crds:
             cluster.run("delete", "crd", c, "--ignore-not-found", "--wait=true")
-        wait_for(
-            "keda.sh to leave discovery",
-            lambda: cluster.run("get", "--raw", "/apis/keda.sh/v1alpha1").code != 0,
-        )
+        try:
+            wait_for(
+                "keda.sh to leave discovery",
+                lambda: (
+                    "scaledobjects"
+                    not in cluster.run("get", "--raw", "/apis/keda.sh/v1alpha1").stdout
+                ),
+            )
+        except AssertionError as e:
+            state = cluster.run("get", "crd", *crds, "-o", "jsonpath={.items[*].status.conditions}")
+            left = cluster.run(
+                "get", "scaledobjects.keda.sh,triggerauthentications.keda.sh", "-A", "-o", "wide"
+            )
+            raise AssertionError(
+                f"{e}; CRDs: {state.stdout} {state.stderr}; left: {left.stdout} {left.stderr}"
+            ) from None
         err = rejected(cluster, keda_pool)
         assert (
             "spec.autoscaling.queueLength.engine: keda: the KEDA CRDs (keda.sh/v1alpha1 ScaledObject) are not installed"

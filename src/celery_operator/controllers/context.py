@@ -47,7 +47,7 @@ class Context:
         checked, value = self._keda
         if time.monotonic() - checked > self.keda_ttl:
             try:
-                value = client.api_group_served("keda.sh/v1alpha1")
+                value = client.api_group_served("keda.sh/v1alpha1", "scaledobjects")
             except client.ApiError:
                 return value
             self._keda = (time.monotonic(), value)

@@ -217,15 +217,18 @@ def get_secret_value(namespace: str, name: str, key: str) -> str | None:
     return None if raw is None else base64.b64decode(raw).decode()
 
 
-def api_group_served(group_version: str) -> bool:
-    """Whether the apiserver serves a group/version (e.g. keda.sh/v1alpha1)."""
+def api_group_served(group_version: str, resource: str | None = None) -> bool:
+    """Whether the apiserver serves a group/version (e.g. keda.sh/v1alpha1), and in it
+    the given resource (e.g. scaledobjects) when one is named."""
     try:
-        _call("GET", f"/apis/{group_version}")
+        found = _call("GET", f"/apis/{group_version}")
     except ApiError as e:
         if e.not_found:
             return False
         raise
-    return True
+    if resource is None:
+        return True
+    return any(r.get("name") == resource for r in found.get("resources", []))
 
 
 # ---- writes ---------------------------------------------------------------------------

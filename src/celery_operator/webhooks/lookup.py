@@ -43,7 +43,7 @@ class ApiLookup:
     def keda_installed(self) -> bool:
         checked, value = self._keda
         if time.monotonic() - checked > self._keda_ttl:
-            value = client.api_group_served("keda.sh/v1alpha1")
+            value = client.api_group_served("keda.sh/v1alpha1", "scaledobjects")
             self._keda = (time.monotonic(), value)
         return value
 
