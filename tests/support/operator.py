@@ -156,12 +156,15 @@ class ComponentProcess:
             return ""
 
     def errors(self) -> list[str]:
-        """Tracebacks and ERROR lines in the log (a clean run has none)."""
+        """Tracebacks and ERROR lines in the log (a clean run has none). kopf logs its own
+        retried requests at ERROR ("will retry", e.g. a 429 while new CRDs initialise):
+        those are not failures and are left out."""
         text = self.log.read_text(errors="replace")
         return [
             line
             for line in text.splitlines()
-            if "Traceback" in line or " ERROR " in line or "[ERROR" in line
+            if ("Traceback" in line or " ERROR " in line or "[ERROR" in line)
+            and "will retry" not in line
         ]
 
 
