@@ -412,8 +412,8 @@ class ControlPlane:
                         },
                     },
                     "status": {
-                        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
-                        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "1000"},
+                        "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "10000"},
+                        "capacity": {"cpu": "256", "memory": "1Ti", "pods": "10000"},
                     },
                 }
             )
