@@ -29,7 +29,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -614,12 +613,6 @@ def down(timeout: float = 60.0) -> int:
     shutil.rmtree(RUN_DIR / "cluster", ignore_errors=True)
     print("control plane down")
     return 0
-
-
-@contextlib.contextmanager
-def running() -> Iterator[ControlPlane]:
-    with ControlPlane() as cp:
-        yield cp
 
 
 def main(argv: list[str] | None = None) -> int:

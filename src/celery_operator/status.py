@@ -130,6 +130,37 @@ def _rollout_conditions(what: str, r: Rollout) -> list[dict[str, Any]]:
     ]
 
 
+def _child_conditions(
+    accepted: tuple[bool, str, str],
+    what: str,
+    not_running: str,
+    r: Rollout,
+    blocked: tuple[str, str] | None,
+    paused: bool,
+) -> list[dict[str, Any]]:
+    """Accepted, Ready and Reconciling of a kind that binds to an app and runs a Deployment."""
+    ok, reason, message = accepted
+    conds = [condition(ACCEPTED, ok, reason, message)]
+    if blocked is not None:
+        return [
+            *conds,
+            condition(READY, False, blocked[0], blocked[1]),
+            condition(RECONCILING, False, blocked[0], blocked[1]),
+        ]
+    if not ok:
+        return [
+            *conds,
+            condition(READY, False, reason, not_running),
+            condition(RECONCILING, False, reason, message),
+        ]
+    conds += _rollout_conditions(what, r)
+    if paused:
+        conds[-1] = condition(
+            RECONCILING, False, "Paused", "the app is paused: its children are not changed"
+        )
+    return conds
+
+
 # ---- CeleryWorkerPool -----------------------------------------------------------------
 def pool_status(
     *,
@@ -149,27 +180,13 @@ def pool_status(
     """The pool's status. `blocked` (reason, message) means nothing could be applied;
     `scaling` is the built-in scaler's ScalingActive condition."""
     now = now or now_iso()
-    ok, reason, message = accepted
-    conds = [condition(ACCEPTED, ok, reason, message)]
+    ok = accepted[0]
     r = rollout_of(deployment)
-    if blocked is not None:
-        conds += [
-            condition(READY, False, blocked[0], blocked[1]),
-            condition(RECONCILING, False, blocked[0], blocked[1]),
-        ]
-    elif not ok:
-        conds += [
-            condition(READY, False, reason, "no workers run while the pool is not accepted"),
-            condition(RECONCILING, False, reason, message),
-        ]
-    else:
-        conds += _rollout_conditions("worker", r)
-        if paused:
-            conds[-1] = condition(
-                RECONCILING, False, "Paused", "the app is paused: its children are not changed"
-            )
-        if scaling is not None:
-            conds.append(condition(SCALING_ACTIVE, scaling[0], scaling[1], scaling[2]))
+    conds = _child_conditions(
+        accepted, "worker", "no workers run while the pool is not accepted", r, blocked, paused
+    )
+    if ok and blocked is None and scaling is not None:
+        conds.append(condition(SCALING_ACTIVE, scaling[0], scaling[1], scaling[2]))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
@@ -197,25 +214,11 @@ def flower_status(
     now: str | None = None,
 ) -> dict[str, Any]:
     now = now or now_iso()
-    ok, reason, message = accepted
-    conds = [condition(ACCEPTED, ok, reason, message)]
+    ok = accepted[0]
     r = rollout_of(deployment)
-    if blocked is not None:
-        conds += [
-            condition(READY, False, blocked[0], blocked[1]),
-            condition(RECONCILING, False, blocked[0], blocked[1]),
-        ]
-    elif not ok:
-        conds += [
-            condition(READY, False, reason, "Flower does not run while it is not accepted"),
-            condition(RECONCILING, False, reason, message),
-        ]
-    else:
-        conds += _rollout_conditions("Flower", r)
-        if paused:
-            conds[-1] = condition(
-                RECONCILING, False, "Paused", "the app is paused: its children are not changed"
-            )
+    conds = _child_conditions(
+        accepted, "Flower", "Flower does not run while it is not accepted", r, blocked, paused
+    )
     return {
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),

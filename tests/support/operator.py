@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import ssl
@@ -236,13 +235,5 @@ class WebhookProcess(ComponentProcess):
         return build_webhook_configurations(NAMESPACE, url_base=f"https://127.0.0.1:{self.port}")
 
 
-def b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
 def new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="celery-operator-e2e-"))
-
-
-def dump(objs: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(objs)

@@ -167,30 +167,35 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     selector = selector_string(pool)
     app_ref = (app_key[1], app_key[0])
 
+    def report(
+        accepted: tuple[bool, str, str],
+        *,
+        deployment: dict[str, Any] | None = None,
+        blocked: tuple[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        bound = accepted[0]
+        done(
+            accepted=accepted,
+            app=app_ref,
+            deployment_name=deploy_name if bound else None,
+            deployment=deployment if bound else None,
+            selector=selector,
+            blocked=blocked,
+            **extra,
+        )
+
     if spec_errors:
         # Nothing is created from an invalid spec, and nothing that runs is torn down.
         msg = format_problems(spec_errors)
-        done(
-            accepted=(False, "InvalidSpec", msg),
-            app=app_ref,
-            deployment_name=None,
-            deployment=None,
-            selector=selector,
-            blocked=("InvalidSpec", msg),
-        )
+        report((False, "InvalidSpec", msg), blocked=("InvalidSpec", msg))
         return
     if reason is not None:
         if apply:
             n = ctx.delete_children(uid) + prune_known_secrets(ctx, pool, uid, keep=set())
             if n:
                 log.info("pool %s/%s not accepted (%s): stopped its workers", *key, reason[0])
-        done(
-            accepted=(False, reason[0], reason[1]),
-            app=app_ref,
-            deployment_name=None,
-            deployment=None,
-            selector=selector,
-        )
+        report((False, reason[0], reason[1]))
         return
     assert app is not None
     accepted = (True, "Bound", f"bound to CeleryApp {app_key[0]}/{app_key[1]}")
@@ -200,24 +205,14 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     app_errors = app_problems(app)
     if app_errors:
         # The app's own status says why; nothing is rendered from an invalid app.
-        done(
-            accepted=accepted,
-            app=app_ref,
-            deployment_name=deploy_name,
-            deployment=cached_deploy,
-            selector=selector,
-            blocked=("AppInvalid", app_errors),
-        )
+        report(accepted, deployment=cached_deploy, blocked=("AppInvalid", app_errors))
         return
 
     if not apply or app.spec.paused:
         tracked = engine == "builtin" and not app.spec.paused  # keep polling between reconciles
-        done(
-            accepted=accepted,
-            app=app_ref,
-            deployment_name=deploy_name,
+        report(
+            accepted,
             deployment=cached_deploy,
-            selector=selector,
             autoscaler=_autoscaler_status(ctx, key, pool, engine),
             scaling=None if app.spec.paused else _scaling_condition(ctx, key, engine),
             paused=app.spec.paused,
@@ -236,14 +231,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
             backend_url = read_connection(app, "resultBackend") if cross_ns else None
             broker = parse_broker_url(broker_url) if broker_url else None
     except (BrokerUnreadableError, BrokerURLError) as e:
-        done(
-            accepted=accepted,
-            app=app_ref,
-            deployment_name=deploy_name,
-            deployment=cached_deploy,
-            selector=selector,
-            blocked=("BrokerUnreadable", str(e)),
-        )
+        report(accepted, deployment=cached_deploy, blocked=("BrokerUnreadable", str(e)))
         return
 
     binding_errors = errors(
@@ -259,14 +247,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     )
     if binding_errors:
         msg = format_problems(binding_errors)
-        done(
-            accepted=accepted,
-            app=app_ref,
-            deployment_name=deploy_name,
-            deployment=cached_deploy,
-            selector=selector,
-            blocked=("InvalidSpec", msg),
-        )
+        report(accepted, deployment=cached_deploy, blocked=("InvalidSpec", msg))
         return
 
     if engine == "builtin" and broker is not None and ctx.scaler is not None:
@@ -324,22 +305,11 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     try:
         live = ctx.sync_children(uid, desired)
     except ChildConflictError as e:
-        done(
-            accepted=accepted,
-            app=app_ref,
-            deployment_name=deploy_name,
-            deployment=cached_deploy,
-            selector=selector,
-            blocked=("ChildConflict", str(e)),
-        )
+        report(accepted, deployment=cached_deploy, blocked=("ChildConflict", str(e)))
         return
-    deployment = live.get(deployment_ident) or cached_deploy
-    done(
-        accepted=accepted,
-        app=app_ref,
-        deployment_name=deploy_name,
-        deployment=deployment,
-        selector=selector,
+    report(
+        accepted,
+        deployment=live.get(deployment_ident) or cached_deploy,
         autoscaler=_autoscaler_status(ctx, key, pool, engine),
         scaling=_scaling_condition(ctx, key, engine),
     )

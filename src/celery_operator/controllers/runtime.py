@@ -85,10 +85,6 @@ class Cache:
                 store[key] = body
             return old
 
-    def values(self, table: str) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(getattr(self, table).values())
-
     def pools_of_app(self, app: Key) -> list[dict[str, Any]]:
         with self.lock:
             return [p for p in self.pools.values() if pool_app_key(p) == app]
@@ -178,7 +174,6 @@ class WorkQueue:
             max_workers=workers, thread_name_prefix="reconcile"
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self.idle = asyncio.Event()
 
     @staticmethod
     def _exclusive(item: Item) -> tuple[str, Key]:
@@ -204,7 +199,6 @@ class WorkQueue:
         if item in self._queued:
             return
         self._queued[item] = time.monotonic()
-        self.idle.clear()
         self._queue.put_nowait(item)
         QUEUE_DEPTH.set(len(self._queued))
 
@@ -273,5 +267,3 @@ class WorkQueue:
                     self._add(d)
                 if retry_in is not None:
                     loop.call_later(retry_in, self._add, item)
-                if not self._queued and not self._active:
-                    self.idle.set()

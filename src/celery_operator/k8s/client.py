@@ -7,11 +7,10 @@ field manager. Errors surface as `ApiError`, so callers never import `kubernetes
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +72,6 @@ RESOURCES: dict[str, Resource] = {
     "v1/Namespace": Resource("", "v1", "namespaces", namespaced=False),
     "v1/Secret": Resource("", "v1", "secrets"),
     "v1/Service": Resource("", "v1", "services"),
-    "v1/Event": Resource("", "v1", "events"),
     "apps/v1/Deployment": Resource("apps", "v1", "deployments"),
     "policy/v1/PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
     "autoscaling/v2/HorizontalPodAutoscaler": Resource(
@@ -285,17 +283,3 @@ def patch_object(
     return _call(
         "PATCH", r.path(namespace, name), body=patch, content_type="application/merge-patch+json"
     )
-
-
-def post_event(namespace: str, event: Mapping[str, Any]) -> None:
-    r = resource("v1", "Event")
-    _call("POST", r.path(namespace), body=event)
-
-
-def iter_kinds() -> Iterator[str]:
-    return iter(RESOURCES)
-
-
-@functools.cache
-def server_version() -> str:
-    return str(_call("GET", "/version").get("gitVersion", ""))
