@@ -14,55 +14,23 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from testenv.controlplane import ControlPlane, find_binaries  # noqa: E402
+from tests.support.cluster import Cluster  # noqa: E402
 
 
-@dataclass
-class Env:
-    kubeconfig: Path
-    kubectl_bin: Path
-
-    def kubectl(self, *args: str, input: str | None = None) -> str:
-        out = subprocess.run(
-            [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
-
-    def apply(self, objs: list[dict[str, Any]]) -> None:
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+class Env(Cluster):
+    """The test suites' cluster handle, plus installing the CRDs."""
 
     def install_crds(self) -> None:
         files = sorted(ROOT.glob("crds/*/*.celeryproject.org.yaml"))
         self.kubectl("apply", "--server-side", *[a for f in files for a in ("-f", str(f))])
-        for f in files:
-            wait(
-                lambda f=f: (
-                    "True"
-                    in self.kubectl(
-                        "get",
-                        "crd",
-                        f.stem,
-                        "-o",
-                        'jsonpath={.status.conditions[?(@.type=="Established")].status}',
-                    )
-                ),
-                60,
-            )
+        self.wait_established(*(f.stem for f in files))
 
 
 @contextlib.contextmanager
