@@ -61,12 +61,14 @@ def wait(check: Callable[[], object], timeout: float, every: float = 0.01) -> fl
 @contextlib.contextmanager
 def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as a subprocess with the admin kubeconfig (RBAC is tested elsewhere)."""
-    port = 0
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    port, metrics_port = free(), free()
     log = Path(tempfile.mkdtemp(prefix="bench-operator-")) / "operator.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
@@ -77,7 +79,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
                 "run",
                 "--bind-address=127.0.0.1",
                 f"--liveness-port={port}",
-                "--metrics-port=0",
+                f"--metrics-port={metrics_port}",
                 "--log-level=WARNING",
                 *args,
             ],
@@ -93,6 +95,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
 
         wait(healthy, 60, every=0.2)
         proc.log = log  # type: ignore[attr-defined]
+        proc.metrics_port = metrics_port  # type: ignore[attr-defined]
         yield proc
     finally:
         proc.terminate()
@@ -136,3 +139,18 @@ def save(name: str, data: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+def api_requests(proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    """The operator's API requests so far, by "METHOD resource"."""
+    import re
+
+    port = proc.metrics_port  # type: ignore[attr-defined]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    pat = r'^celery_operator_api_requests_total\{code="[^"]*",method="([A-Z]+)",resource="([^"]+)"\} ([0-9.e+]+)$'
+    for m in re.finditer(pat, text, re.M):
+        key = f"{m.group(1)} {m.group(2)}"
+        out[key] = out.get(key, 0.0) + float(m.group(3))
+    return out

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 from typing import Any
 
-from bench import scaler_reaction
+from bench import convergence, drift_status, scaler_reaction, webhook_latency
 from bench.harness import ROOT, machine
 
 
@@ -48,14 +49,90 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"Reproduce: `{r['command']}`",
             "",
         ]
+    if "convergence" in results:
+        r = results["convergence"]
+        lines += [
+            "## Convergence, memory and CPU",
+            "",
+            "N CeleryApps, each with a Flower and two worker pools (4N custom resources, 6N",
+            "children, 3N pods on kwok), created with "
+            f"{r['concurrency']} concurrent clients, until every app is Ready. Floor: the same",
+            "children, rendered by the same builders, created directly with the same concurrency,",
+            "until every Deployment is ready. RSS/CPU are the operator process's.",
+            "",
+            "| apps | operator | floor | ratio | update all pools | RSS idle | CPU idle | CPU for update |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for x in r["results"]:
+            lines.append(
+                f"| {x['apps']} | {x['operator_s']:.1f} s | {x['floor_s']:.1f} s | {x['ratio']:.2f}x | "
+                f"{x['update_all_pools_s']:.1f} s | {x['rss_mib_idle']:.0f} MiB | {x['cpu_cores_idle']:.3f} cores | "
+                f"{x['cpu_s_update']:.1f} s |"
+            )
+        lines += ["", f"Reproduce: `{r['command']}`", ""]
+    if "webhook" in results:
+        r = results["webhook"]
+        lines += [
+            "## Webhook",
+            "",
+            "Client-side latency of AdmissionReviews (validate a CeleryWorkerPool: reads its app,",
+            "namespace and sibling pools) over TLS with keep-alive, against the floor: the same",
+            "server answering /healthz.",
+            "",
+            "| clients | review p50 | review p99 | review req/s | floor p50 | floor p99 | floor req/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for c, lv in r["levels"].items():
+            rv, fl = lv["review"], lv["floor"]
+            lines.append(
+                f"| {c} | {rv['median'] * 1000:.2f} ms | {rv['p99'] * 1000:.2f} ms | {lv['review_rps']:.0f} | "
+                f"{fl['median'] * 1000:.2f} ms | {fl['p99'] * 1000:.2f} ms | {lv['floor_rps']:.0f} |"
+            )
+        lines += [
+            "",
+            f"A create through the apiserver: median {r['create_webhooks_off']['median'] * 1000:.1f} ms with the",
+            f"webhooks off, {r['create_webhooks_on']['median'] * 1000:.1f} ms on (added "
+            f"{r['added_create_latency_median_s'] * 1000:.1f} ms).",
+            "",
+            f"Reproduce: `{r['command']}`",
+            "",
+        ]
+    if "drift" in results:
+        r = results["drift"]
+        lines += [
+            "## Drift repair and status propagation",
+            "",
+            "| | median | p10-p90 | floor median | ratio |",
+            "|---|---|---|---|---|",
+            f"| deleted worker Deployment -> back | {r['repair']['median'] * 1000:.0f} ms | "
+            f"{r['repair']['p10'] * 1000:.0f}-{r['repair']['p90'] * 1000:.0f} ms | {r['repair_floor']['median'] * 1000:.0f} ms | {r['repair_ratio']:.1f}x |",
+            f"| Deployment readyReplicas -> app status | {r['status']['median'] * 1000:.0f} ms | "
+            f"{r['status']['p10'] * 1000:.0f}-{r['status']['p90'] * 1000:.0f} ms | {r['status_floor']['median'] * 1000:.0f} ms | {r['status_ratio']:.1f}x |",
+            "",
+            "Floors: deleting and re-creating the Deployment from the same client; one status PATCH.",
+            "",
+            f"Reproduce: `{r['command']}`",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=15)
+    p.add_argument(
+        "--apps",
+        type=int,
+        nargs="+",
+        default=[int(x) for x in os.environ.get("BENCH_APPS", "100 300").split()],
+    )
     a = p.parse_args()
-    results = {"scaler": scaler_reaction.run(a.trials, 1.0)}
+    results = {
+        "scaler": scaler_reaction.run(a.trials, 1.0),
+        "drift": drift_status.run(a.trials),
+        "webhook": webhook_latency.run(400),
+        "convergence": convergence.run(a.apps, 16),
+    }
     (ROOT / "docs" / "benchmarks.md").write_text(render(results))
     print(render(results))
 
