@@ -32,6 +32,9 @@ from celery_operator.validation.celeryworkerpool import (
 
 log = logging.getLogger("celery_operator")
 KIND = "CeleryWorkerPool"
+# Status roll-ups wait this long for more changes, so a burst makes one write.
+ROLLUP_DELAY = 0.25
+CHILD_STATUS_DELAY = 0.1
 
 
 def invalid_spec_message(e: ValidationError) -> str:
@@ -362,9 +365,9 @@ def on_pool_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     if not deleted and (old is None or _spec_moved(old, body)):
         ctx.queue.add("pool", key)
     # The app aggregates its pools: any change of a pool may change the app's status.
-    ctx.queue.add("app-status", pool_app_key(body))
+    ctx.queue.add_soon("app-status", pool_app_key(body), ROLLUP_DELAY)
     if old is not None and pool_app_key(old) != pool_app_key(body):
-        ctx.queue.add("app-status", pool_app_key(old))
+        ctx.queue.add_soon("app-status", pool_app_key(old), ROLLUP_DELAY)
 
 
 def _spec_moved(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from celery_operator.api.flower import Flower
 from celery_operator.controllers.celeryworkerpool import (
+    ROLLUP_DELAY,
     app_problems,
     invalid_spec_message,
     parse_app,
@@ -120,4 +121,4 @@ def on_flower_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None
                 for f in ctx.cache.flowers_of_app(app_key)
             ],
         )
-    ctx.queue.add("app-status", app_key)
+    ctx.queue.add_soon("app-status", app_key, ROLLUP_DELAY)

@@ -21,6 +21,7 @@ from prometheus_client import start_http_server
 
 from celery_operator.api.base import GROUP, VERSION
 from celery_operator.controllers import celeryapp, celeryworkerpool, flower
+from celery_operator.controllers.celeryworkerpool import CHILD_STATUS_DELAY
 from celery_operator.controllers.context import Context
 from celery_operator.controllers.runtime import Cache, WorkQueue, controller_ref
 from celery_operator.render.common import MANAGED_BY
@@ -83,7 +84,10 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     if deleted or drifted:
         ctx.queue.add(task, key)
     elif body.get("kind") == "Deployment":
-        ctx.queue.add("app-status" if task == "app" else f"{task}-status", key)
+        # Rollouts send a burst of status events: one status write for the burst.
+        ctx.queue.add_soon(
+            "app-status" if task == "app" else f"{task}-status", key, CHILD_STATUS_DELAY
+        )
 
 
 def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

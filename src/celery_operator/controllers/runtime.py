@@ -169,6 +169,7 @@ class WorkQueue:
         self._queued: dict[Item, float] = {}
         self._active: set[tuple[str, Key]] = set()
         self._deferred: set[Item] = set()
+        self._scheduled: set[Item] = set()
         self._failures: dict[Item, int] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="reconcile"
@@ -189,6 +190,24 @@ class WorkQueue:
             loop.call_soon_threadsafe(loop.call_later, delay, self._add, (kind, key))
         else:
             loop.call_soon_threadsafe(self._add, (kind, key))
+
+    def add_soon(self, kind: str, key: Key, delay: float) -> None:
+        """Thread-safe: runs the item once, `delay` seconds after the first of a burst of
+        calls (status roll-ups: ten pool changes in a row make one app status write)."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._schedule, (kind, key), delay)
+
+    def _schedule(self, item: Item, delay: float) -> None:
+        if item in self._scheduled or item in self._queued:
+            return
+        self._scheduled.add(item)
+        assert self._loop is not None
+        self._loop.call_later(delay, self._fire, item)
+
+    def _fire(self, item: Item) -> None:
+        self._scheduled.discard(item)
+        self._add(item)
 
     def add_many(self, kind: str, keys: Iterable[Key]) -> None:
         for key in keys:

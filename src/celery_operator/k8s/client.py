@@ -16,6 +16,13 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
+
+API_REQUESTS = Counter(
+    "celery_operator_api_requests_total",
+    "Requests to the Kubernetes API, by method, resource and status class",
+    ["method", "resource", "code"],
+)
 
 FIELD_MANAGER = "celery-operator"
 
@@ -99,6 +106,9 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+_PLURALS = {r.plural for r in RESOURCES.values()}
+
+
 def resource(api_version: str, kind: str) -> Resource:
     try:
         return RESOURCES[f"{api_version}/{kind}"]
@@ -147,6 +157,10 @@ def _call(
     timeout: float = 30,
 ) -> dict[str, Any]:
     api = _api()
+    parts = path.split("?")[0].split("/")
+    kind = next((p for p in reversed(parts) if p in _PLURALS), "other")
+    if parts[-1] == "status":
+        kind += "/status"
     try:
         m, url, headers, payload, post = api.param_serialize(
             method,
@@ -159,9 +173,12 @@ def _call(
         response = api.call_api(m, url, headers, payload, post, _request_timeout=timeout)
         data = response.read()  # type: ignore[no-untyped-call]
     except ApiException as e:
+        API_REQUESTS.labels(method, kind, f"{(e.status or 0) // 100}xx").inc()
         raise ApiError(e.status or 0, e.reason or "", _message(e.body, e.reason or "")) from None
     except Exception as e:  # connection refused, timeout, TLS: no answer from the server
+        API_REQUESTS.labels(method, kind, "none").inc()
         raise ApiError(0, type(e).__name__, str(e)) from None
+    API_REQUESTS.labels(method, kind, f"{response.status // 100}xx").inc()
     if not 200 <= response.status < 300:
         raise ApiError(
             response.status, response.reason or "", _message(data, response.reason or "")
