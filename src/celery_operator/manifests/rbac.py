@@ -90,13 +90,14 @@ def operator_rbac(namespace: str, name: str = "celery-operator") -> list[dict[st
 
 def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[str, Any]]:
     return [
-        # Admission reads the app a pool names, sibling pools and Flowers.
+        # Admission reads the app a pool names, sibling pools, Flowers and namespace labels,
+        # from watch-driven caches (no API round trip per review).
         {
             "apiGroups": [GROUP],
             "resources": ["celeryapps", "celeryworkerpools", "flowers"],
-            "verbs": ["get", "list"],
+            "verbs": ["get", "list", "watch"],
         },
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         # The broker URL's scheme decides whether the built-in scaler can read it: get only.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         # CA injection into its own two configurations, and nothing else.

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
 from celery_operator.k8s import client
+from celery_operator.k8s.watchcache import WatchCache
 from celery_operator.render.common import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 
 
@@ -24,17 +25,34 @@ class Lookup(Protocol):
 
 
 class ApiLookup:
-    """Reads from the apiserver (KEDA's presence is cached for a minute)."""
+    """Reads other objects from watch-driven caches (one LIST+WATCH per kind, started
+    with the lookup), and from the API while a cache has not synced yet or for Secrets
+    (never watched). KEDA's presence is cached for `keda_ttl` seconds."""
 
-    def __init__(self, keda_ttl: float = 60.0) -> None:
+    def __init__(self, keda_ttl: float = 60.0, *, watch: bool = True) -> None:
         self._keda: tuple[float, bool] = (0.0, False)
         self._keda_ttl = keda_ttl
+        self._apps = self._pools = self._flowers = self._namespaces = None
+        if watch:
+            self._apps = WatchCache(API_VERSION, "CeleryApp").start()
+            self._pools = WatchCache(API_VERSION, "CeleryWorkerPool").start()
+            self._flowers = WatchCache(API_VERSION, "Flower").start()
+            self._namespaces = WatchCache("v1", "Namespace").start()
+
+    @staticmethod
+    def _ready(cache: WatchCache | None) -> WatchCache | None:
+        return cache if cache is not None and cache.synced.is_set() else None
 
     def app(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if (c := self._ready(self._apps)) is not None:
+            return c.get(namespace, name)
         return client.get_object(API_VERSION, "CeleryApp", name, namespace)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
-        ns = client.get_object("v1", "Namespace", namespace, None)
+        if (c := self._ready(self._namespaces)) is not None:
+            ns = c.get("", namespace)
+        else:
+            ns = client.get_object("v1", "Namespace", namespace, None)
         return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
@@ -48,8 +66,21 @@ class ApiLookup:
         return value
 
     def pools_of_app(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        selector = f"{LABEL_APP}={label_value(name)},{LABEL_APP_NAMESPACE}={label_value(namespace)}"
+        app_label, ns_label = label_value(name), label_value(namespace)
+        if (c := self._ready(self._pools)) is not None:
+
+            def of_app(p: dict[str, Any]) -> bool:
+                labels = (p.get("metadata") or {}).get("labels") or {}
+                return bool(
+                    labels.get(LABEL_APP) == app_label
+                    and labels.get(LABEL_APP_NAMESPACE) == ns_label
+                )
+
+            return c.list(of_app)
+        selector = f"{LABEL_APP}={app_label},{LABEL_APP_NAMESPACE}={ns_label}"
         return client.list_objects(API_VERSION, "CeleryWorkerPool", None, selector)
 
     def flowers(self, namespace: str) -> list[dict[str, Any]]:
+        if (c := self._ready(self._flowers)) is not None:
+            return c.list(lambda f: (f.get("metadata") or {}).get("namespace") == namespace)
         return client.list_objects(API_VERSION, "Flower", namespace)
