@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_operator.api.celeryapp import MAX_POOLS_IN_STATUS, CeleryApp
-from celery_operator.controllers.celeryworkerpool import invalid_spec_message, pool_keys_of_app
+from celery_operator.controllers.celeryworkerpool import pool_keys_of_app
 from celery_operator.controllers.context import Context, patch_status_if_changed
 from celery_operator.controllers.runtime import Key
 from celery_operator.k8s.children import ChildConflictError
@@ -16,7 +16,7 @@ from celery_operator.render import celeryapp as render
 from celery_operator.render import common
 from celery_operator.render.common import owner_reference
 from celery_operator.status import app_status, flower_view, pool_view
-from celery_operator.validation import errors, format_problems
+from celery_operator.validation import errors, format_problems, model_problems
 from celery_operator.validation.celeryapp import validate_app
 
 log = logging.getLogger("celery_operator")
@@ -41,7 +41,7 @@ def reconcile_app(ctx: Context, key: Key, *, apply: bool = True) -> None:
         paused = app.spec.paused
         beat_enabled = app.spec.beat.enabled
     except ValidationError as e:
-        invalid = invalid_spec_message(e)
+        invalid = format_problems(model_problems(e))
 
     beat_ident = ("apps/v1/Deployment", key[0], common.beat_deployment_name(key[1]))
     beat = ctx.cache.child(uid, *beat_ident)

@@ -21,7 +21,7 @@ from celery_operator.render.common import owner_reference
 from celery_operator.scaling.decision import Policy
 from celery_operator.scaling.scaler import Target
 from celery_operator.status import pool_status
-from celery_operator.validation import errors, format_problems
+from celery_operator.validation import errors, format_problems, model_problems
 from celery_operator.validation.celeryapp import validate_app
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
@@ -35,14 +35,6 @@ KIND = "CeleryWorkerPool"
 # Status roll-ups wait this long for more changes, so a burst makes one write.
 ROLLUP_DELAY = 0.25
 CHILD_STATUS_DELAY = 0.1
-
-
-def invalid_spec_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def parse_app(body: dict[str, Any] | None) -> CeleryApp | None:
@@ -151,7 +143,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     try:
         pool = CeleryWorkerPool.model_validate(body)
     except ValidationError as e:
-        msg = invalid_spec_message(e)
+        msg = format_problems(model_problems(e))
         done(
             accepted=(False, "InvalidSpec", msg),
             app=None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,21 +36,16 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
 class Context:
     cache: Cache
     queue: WorkQueue
-    keda_ttl: float = 60.0
     scaler: BuiltinScaler | None = None
     # Pools whose (unwatched) Secrets were looked for since this process started.
     secrets_checked: set[str] = field(default_factory=set)
-    _keda: tuple[float, bool] = (0.0, False)
+    _keda: client.ServedCheck = field(default_factory=client.keda_check)
 
     def keda_installed(self) -> bool:
-        checked, value = self._keda
-        if time.monotonic() - checked > self.keda_ttl:
-            try:
-                value = client.api_group_served("keda.sh/v1alpha1", "scaledobjects")
-            except client.ApiError:
-                return value
-            self._keda = (time.monotonic(), value)
-        return value
+        try:
+            return self._keda()
+        except client.ApiError:
+            return self._keda.last  # the apiserver did not answer: the last answer holds
 
     def sync_children(
         self, owner_uid: str, desired: Iterable[Mapping[str, Any]]

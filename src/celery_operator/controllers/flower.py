@@ -10,7 +10,6 @@ from celery_operator.api.flower import Flower
 from celery_operator.controllers.celeryworkerpool import (
     ROLLUP_DELAY,
     app_problems,
-    invalid_spec_message,
     parse_app,
 )
 from celery_operator.controllers.context import Context, patch_status_if_changed
@@ -20,7 +19,7 @@ from celery_operator.render import common
 from celery_operator.render import flower as render
 from celery_operator.render.common import owner_reference
 from celery_operator.status import flower_status
-from celery_operator.validation import errors, format_problems
+from celery_operator.validation import errors, format_problems, model_problems
 from celery_operator.validation.flower import validate_flower, validate_flower_binding
 
 KIND = "Flower"
@@ -56,7 +55,7 @@ def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
     try:
         flower = Flower.model_validate(body)
     except ValidationError as e:
-        msg = invalid_spec_message(e)
+        msg = format_problems(model_problems(e))
         done((False, "InvalidSpec", msg), blocked=("InvalidSpec", msg))
         return
     problems = errors(validate_flower(flower))

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -244,6 +245,28 @@ def api_group_served(group_version: str, resource: str | None = None) -> bool:
     if resource is None:
         return True
     return any(r.get("name") == resource for r in found.get("resources", []))
+
+
+class ServedCheck:
+    """Whether a resource is served (e.g. KEDA's scaledobjects), asked at most once per
+    `ttl` seconds. Raises ApiError when the apiserver cannot answer; `last` is the last
+    answer it gave (False before any)."""
+
+    def __init__(self, group_version: str, resource: str, ttl: float) -> None:
+        self.group_version, self.resource, self.ttl = group_version, resource, ttl
+        self.last = False
+        self._asked = float("-inf")
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self._asked > self.ttl:
+            self.last = api_group_served(self.group_version, self.resource)
+            self._asked = time.monotonic()
+        return self.last
+
+
+def keda_check(ttl: float = 60.0) -> ServedCheck:
+    """Is KEDA installed? (its ScaledObject kind is served)"""
+    return ServedCheck("keda.sh/v1alpha1", "scaledobjects", ttl)
 
 
 # ---- writes ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 from dataclasses import dataclass
 from typing import Any
@@ -121,10 +120,6 @@ def sqs_queue_name(queue: str) -> str:
     return f"{base}.fifo" if fifo else base
 
 
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
 def _keda_credentials(broker: BrokerURL, ql: QueueLengthScaling) -> dict[str, str]:
     """TriggerAuthentication parameter -> secret value, per broker family."""
     if broker.family == "redis":
@@ -235,7 +230,7 @@ def build_keda_objects(
             "kind": "Secret",
             "metadata": c.metadata(secret_name, ns, labels, owner),
             "type": "Opaque",
-            "data": {k: _b64(v) for k, v in sorted(creds.items())},
+            "data": {k: c.b64(v) for k, v in sorted(creds.items())},
         }
         auth_spec = {
             "secretTargetRef": [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 from typing import Any
 
@@ -245,9 +244,9 @@ def build_connection_secret(
     """
     data = {}
     if broker_url is not None:
-        data[c.MIRROR_BROKER_KEY] = base64.b64encode(broker_url.encode()).decode()
+        data[c.MIRROR_BROKER_KEY] = c.b64(broker_url)
     if backend_url is not None:
-        data[c.MIRROR_BACKEND_KEY] = base64.b64encode(backend_url.encode()).decode()
+        data[c.MIRROR_BACKEND_KEY] = c.b64(backend_url)
     meta = pool.metadata
     return copy.deepcopy(
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import re
@@ -76,6 +77,11 @@ def beat_deployment_name(app_name: str) -> str:
 def flower_name(flower: str) -> str:
     """Name of the Flower Deployment, Service and Ingress (a DNS-1035 label)."""
     return dns_label(f"{flower}-flower", MAX_DEPLOYMENT_NAME)
+
+
+def b64(text: str) -> str:
+    """Secret `data` encoding."""
+    return base64.b64encode(text.encode()).decode()
 
 
 def base_labels(app_name: str, component: str) -> dict[str, str]:

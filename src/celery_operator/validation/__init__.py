@@ -5,6 +5,12 @@ webhook joins all errors of one object into one denial and returns warnings as w
 the controllers put the same text in a Ready=False condition.
 """
 
-from celery_operator.validation.common import Problem, errors, format_problems, warnings
+from celery_operator.validation.common import (
+    Problem,
+    errors,
+    format_problems,
+    model_problems,
+    warnings,
+)
 
-__all__ = ["Problem", "errors", "format_problems", "warnings"]
+__all__ = ["Problem", "errors", "format_problems", "model_problems", "warnings"]

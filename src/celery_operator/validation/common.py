@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -16,6 +18,11 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+def model_problems(e: ValidationError) -> list[Problem]:
+    """What pydantic found wrong with an object, as Problems with field paths."""
+    return [Problem(".".join(str(x) for x in err["loc"]), str(err["msg"])) for err in e.errors()]
 
 
 def errors(problems: Iterable[Problem]) -> list[Problem]:

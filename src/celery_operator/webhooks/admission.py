@@ -12,7 +12,7 @@ from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.flower import Flower
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.render.common import LABEL_APP, LABEL_APP_NAMESPACE, label_value
-from celery_operator.validation import Problem, errors, format_problems, warnings
+from celery_operator.validation import Problem, errors, format_problems, model_problems, warnings
 from celery_operator.validation.celeryapp import validate_app
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
@@ -28,14 +28,6 @@ from celery_operator.webhooks.review import (
     only_metadata_changed,
     pointer,
 )
-
-
-def _model_problems(e: ValidationError) -> list[Problem]:
-    out = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        out.append(Problem(loc, str(err["msg"])))
-    return out
 
 
 # ---- mutation -------------------------------------------------------------------------
@@ -96,7 +88,7 @@ def validate_app_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         app = CeleryApp.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("CeleryApp", req, _model_problems(e))
+        return _verdict("CeleryApp", req, model_problems(e))
     return _verdict("CeleryApp", req, validate_app(app))
 
 
@@ -121,7 +113,7 @@ def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         pool = CeleryWorkerPool.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("CeleryWorkerPool", req, _model_problems(e))
+        return _verdict("CeleryWorkerPool", req, model_problems(e))
     problems = validate_pool(pool)
     app_ns = pool.spec.app_ref.namespace or req.namespace
     app_body = lookup.app(app_ns, pool.spec.app_ref.name)
@@ -156,7 +148,7 @@ def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         flower = Flower.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("Flower", req, _model_problems(e))
+        return _verdict("Flower", req, model_problems(e))
     problems = validate_flower(flower)
     others = [
         f["metadata"]["name"]

@@ -6,7 +6,6 @@ path is tested end to end with kubectl)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
@@ -30,8 +29,7 @@ class ApiLookup:
     (never watched). KEDA's presence is cached for `keda_ttl` seconds."""
 
     def __init__(self, keda_ttl: float = 60.0, *, watch: bool = True) -> None:
-        self._keda: tuple[float, bool] = (0.0, False)
-        self._keda_ttl = keda_ttl
+        self.keda_installed = client.keda_check(keda_ttl)
         self._apps = self._pools = self._flowers = self._namespaces = None
         if watch:
             self._apps = WatchCache(API_VERSION, "CeleryApp").start()
@@ -57,13 +55,6 @@ class ApiLookup:
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
         return client.get_secret_value(namespace, name, key)
-
-    def keda_installed(self) -> bool:
-        checked, value = self._keda
-        if time.monotonic() - checked > self._keda_ttl:
-            value = client.api_group_served("keda.sh/v1alpha1", "scaledobjects")
-            self._keda = (time.monotonic(), value)
-        return value
 
     def pools_of_app(self, namespace: str, name: str) -> list[dict[str, Any]]:
         app_label, ns_label = label_value(name), label_value(namespace)
