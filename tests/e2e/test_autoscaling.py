@@ -57,6 +57,11 @@ def builtin(ns: str, target: int = 5, **ql: Any) -> dict[str, Any]:
     )
 
 
+def patch_pool(cluster: Cluster, ns: str, patch: str, patch_type: str = "merge") -> None:
+    """kubectl patch of the pool `emails` (a JSON merge patch, or a JSON patch)."""
+    cluster.kubectl("patch", "cwp", "emails", "-n", ns, f"--type={patch_type}", "-p", patch)
+
+
 def replicas(cluster: Cluster, ns: str) -> int:
     return int(cluster.get("deployment", "shop-emails", ns)["spec"].get("replicas", 1))
 
@@ -212,15 +217,11 @@ def test_hpa_follows_the_spec(cluster: Cluster, operator: OperatorProcess, names
     assert hpa["metrics"][0]["resource"]["target"]["averageUtilization"] == 80
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
 
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
+    patch_pool(
+        cluster,
         namespace,
-        "--type=merge",
-        "-p",
         '{"spec":{"autoscaling":{"cpu":{"averageUtilization":60},"maxReplicas":7}}}',
+        "merge",
     )
     wait_for(
         "the HPA to follow",
@@ -232,16 +233,7 @@ def test_hpa_follows_the_spec(cluster: Cluster, operator: OperatorProcess, names
             == 60
         ),
     )
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
-        namespace,
-        "--type=json",
-        "-p",
-        '[{"op":"remove","path":"/spec/autoscaling"}]',
-    )
+    patch_pool(cluster, namespace, '[{"op":"remove","path":"/spec/autoscaling"}]', "json")
     cluster.wait("--for=delete", "hpa/shop-emails", "-n", namespace)
     wait_replicas(cluster, namespace, 2)  # fixed replicas again
 
@@ -269,15 +261,8 @@ def test_switching_engines_leaves_nothing_stale(
     cluster.wait("--for=condition=Ready", "cwp/emails", "-n", namespace)
     assert owned_kinds(cluster, namespace) == set()
 
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec":{"autoscaling":{"queueLength":{"engine":"keda"}}}}',
+    patch_pool(
+        cluster, namespace, '{"spec":{"autoscaling":{"queueLength":{"engine":"keda"}}}}', "merge"
     )
     keda = {
         "ScaledObject/shop-emails",
@@ -299,30 +284,17 @@ def test_switching_engines_leaves_nothing_stale(
         "f:replicas" not in json.dumps(m.get("fieldsV1", {}).get("f:spec", {})) for m in ours
     )
 
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
+    patch_pool(
+        cluster,
         namespace,
-        "--type=json",
-        "-p",
         '[{"op":"replace","path":"/spec/autoscaling","value":{"maxReplicas":3,"cpu":{"averageUtilization":70}}}]',
+        "json",
     )
     wait_for(
         "only the HPA",
         lambda: owned_kinds(cluster, namespace) == {"HorizontalPodAutoscaler/shop-emails"},
     )
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
-        namespace,
-        "--type=json",
-        "-p",
-        '[{"op":"remove","path":"/spec/autoscaling"}]',
-    )
+    patch_pool(cluster, namespace, '[{"op":"remove","path":"/spec/autoscaling"}]', "json")
     wait_for("no autoscaler at all", lambda: owned_kinds(cluster, namespace) == set())
 
 
@@ -349,15 +321,11 @@ def test_switching_to_an_autoscaler_keeps_the_replicas(
     before = cluster.get("deployment", "shop-emails", namespace)["metadata"]["annotations"][
         "celeryproject.org/applied-hash"
     ]
-    cluster.kubectl(
-        "patch",
-        "cwp",
-        "emails",
-        "-n",
+    patch_pool(
+        cluster,
         namespace,
-        "--type=merge",
-        "-p",
         '{"spec":{"autoscaling":{"maxReplicas":5,"cpu":{"averageUtilization":80}}}}',
+        "merge",
     )
     wait_for(
         "the operator to apply the Deployment without replicas",
