@@ -58,6 +58,13 @@ def wait(check: Callable[[], object], timeout: float, every: float = 0.01) -> fl
         time.sleep(every)
 
 
+def other_source() -> dict[str, str]:
+    """$BENCH_OPERATOR_SRC: run the operator from another checkout's src/ (a before/after
+    comparison on one machine: `git worktree add /tmp/before HEAD~3`)."""
+    src = os.environ.get("BENCH_OPERATOR_SRC")
+    return {"PYTHONPATH": src} if src else {}
+
+
 @contextlib.contextmanager
 def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     """The operator as a subprocess with the admin kubeconfig (RBAC is tested elsewhere)."""
@@ -85,7 +92,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(env.kubeconfig)},
+            env={**os.environ, "KUBECONFIG": str(env.kubeconfig), **other_source()},
         )
     try:
 
@@ -139,6 +146,33 @@ def save(name: str, data: dict[str, Any]) -> Path:
     path = out / f"{name}.json"
     path.write_text(json.dumps(data, indent=1))
     return path
+
+
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane_cpu() -> dict[str, float]:
+    """CPU seconds so far of the local control plane's processes, by program (empty for a
+    cluster elsewhere): where the machine's time goes while the operator works."""
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            name = Path((entry / "cmdline").read_bytes().split(b"\0")[0].decode()).name
+            if name in CONTROL_PLANE:
+                out[name] = out.get(name, 0.0) + cpu_seconds(int(entry.name))
+    return out
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after}
 
 
 def api_requests(proc: subprocess.Popen[bytes]) -> dict[str, float]:

@@ -228,7 +228,7 @@ class ControlPlane:
                 "ResourceQuota,DefaultTolerationSeconds,Priority",
                 "--max-requests-inflight=800",
                 "--max-mutating-requests-inflight=400",
-                "--profiling=false",
+                "--profiling=true",  # /debug/pprof for admins: how bench/ profiles the apiserver
                 "--v=0",
             ],
         )
