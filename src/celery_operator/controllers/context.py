@@ -69,9 +69,10 @@ class Context:
             result = apply_owned(m, live=cached)
             self.cache.note_applied(result)
             # Not every kind is watched (Secrets are not: no cluster-wide list/watch on
-            # Secrets), so the cache learns what was applied from the answer.
-            self.cache.put_child(result, deleted=False)
-            live[key] = result
+            # Secrets), so the cache learns what was applied from the answer, unless the
+            # watch already brought something newer (then that is what the status reads).
+            self.cache.put_child(result, deleted=False, from_write=True)
+            live[key] = self.cache.child(owner_uid, *key) or result
         for key, obj in owned.items():
             if key not in live:
                 api_version, kind = key[0].rsplit("/", 1)

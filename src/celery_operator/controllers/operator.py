@@ -3,8 +3,8 @@
 kopf provides the watches (with relisting, backoff and per-object ordering), the liveness
 endpoint and the login; each watch event goes to a spy handler that updates the cache and
 enqueues keys. The handlers of the three kinds write nothing through kopf's state machine,
-so kopf stores no progress annotations on our objects; its persistence settings still name
-our own group, should a handler ever use them.
+so kopf stores no progress annotations on our objects and keeps no diff base (NoDiffBase);
+its progress and finalizer settings still name our own group, should a handler use them.
 """
 
 from __future__ import annotations
@@ -41,6 +41,21 @@ WATCHED_CHILDREN = (
     ("keda.sh", "v1alpha1", "triggerauthentications"),
 )
 OWNER_TASK = {"CeleryWorkerPool": "pool", "CeleryApp": "app", "Flower": "flower"}
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Our handlers only watch events (no on.create/update handlers need a diff), yet kopf
+    builds a diff base for every event: a deep copy of the body, a third of kopf's CPU at
+    scale. This one builds nothing and stores nothing."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
 
 
 @dataclass
@@ -152,7 +167,9 @@ def prime_cache(ctx: Context, namespaces: list[str]) -> None:
 
 def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig) -> None:
     def spy(handler: Any) -> Any:
-        def wrapped(event: dict[str, Any], **_: Any) -> None:
+        # async: kopf runs a sync handler in a thread pool, a thread hop per watch event;
+        # ours only update the cache and the queue, so they run on the event loop itself.
+        async def wrapped(event: dict[str, Any], **_: Any) -> None:
             obj = event.get("object")
             if obj:
                 handler(ctx, event.get("type") or "ADDED", obj)
@@ -182,9 +199,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = f"{GROUP}/finalizer"
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = NoDiffBase()
         # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
         settings.posting.enabled = False
         settings.watching.server_timeout = 300

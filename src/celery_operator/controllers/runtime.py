@@ -28,6 +28,7 @@ from celery_operator.k8s.client import ApiError
 log = logging.getLogger("celery_operator")
 
 Key = tuple[str, str]  # (namespace, name)
+MAX_TOMBSTONES = 10_000
 Item = tuple[str, Key]  # (task kind, key): task kinds are "app", "app-status", "pool", ...
 
 RECONCILES = Counter(
@@ -68,6 +69,12 @@ class Cache:
     children: dict[str, dict[tuple[str, str, str], dict[str, Any]]] = field(default_factory=dict)
     # Generation each child had after the operator's own last apply (drift detection).
     applied_generation: dict[str, int] = field(default_factory=dict)
+    # Pools and Flowers by the app they name: an app's reconcile reads its own, not all.
+    by_app: dict[str, dict[Key, set[Key]]] = field(
+        default_factory=lambda: {"pools": {}, "flowers": {}}
+    )
+    # Uids of children seen deleted (the newest MAX_TOMBSTONES), see put_child.
+    _gone: dict[str, None] = field(default_factory=dict)
 
     def get(self, table: str, key: Key) -> dict[str, Any] | None:
         with self.lock:
@@ -83,20 +90,27 @@ class Cache:
                 store.pop(key, None)
             else:
                 store[key] = body
+            index = self.by_app.get(table)
+            if index is not None:
+                if old is not None:
+                    members = index.get(app_key_of(table, old), set())
+                    members.discard(key)
+                    if not members:
+                        index.pop(app_key_of(table, old), None)
+                if body is not None:
+                    index.setdefault(app_key_of(table, body), set()).add(key)
             return old
 
-    def pools_of_app(self, app: Key) -> list[dict[str, Any]]:
+    def _of_app(self, table: str, app: Key) -> list[dict[str, Any]]:
         with self.lock:
-            return [p for p in self.pools.values() if pool_app_key(p) == app]
+            store: dict[Key, dict[str, Any]] = getattr(self, table)
+            return [store[k] for k in sorted(self.by_app[table].get(app, ()))]
+
+    def pools_of_app(self, app: Key) -> list[dict[str, Any]]:
+        return self._of_app("pools", app)
 
     def flowers_of_app(self, app: Key) -> list[dict[str, Any]]:
-        with self.lock:
-            return [
-                f
-                for f in self.flowers.values()
-                if f["metadata"]["namespace"] == app[0]
-                and (f.get("spec") or {}).get("appRef", {}).get("name") == app[1]
-            ]
+        return self._of_app("flowers", app)
 
     def owned(self, owner_uid: str) -> dict[tuple[str, str, str], dict[str, Any]]:
         with self.lock:
@@ -106,8 +120,14 @@ class Cache:
         with self.lock:
             return self.children.get(owner_uid, {}).get((kind, namespace, name))
 
-    def put_child(self, body: Mapping[str, Any], deleted: bool) -> tuple[str | None, bool]:
-        """Records a child. Returns (controller uid, whether someone else changed its spec)."""
+    def put_child(
+        self, body: Mapping[str, Any], deleted: bool, *, from_write: bool = False
+    ) -> tuple[str | None, bool]:
+        """Records a child. Returns (controller uid, whether someone else changed its spec).
+
+        `from_write`: the body is the answer to the operator's own write, which can arrive
+        after the watch already brought a newer version (a Deployment's first status) or
+        its deletion; the cache never goes back to it then."""
         meta = body.get("metadata") or {}
         owner = controller_uid(body)
         if owner is None:
@@ -125,6 +145,25 @@ class Cache:
                 if not owned:
                     self.children.pop(owner, None)
                 self.applied_generation.pop(uid, None)
+                self._gone[uid] = None
+                while len(self._gone) > MAX_TOMBSTONES:
+                    del self._gone[next(iter(self._gone))]
+                return owner, False
+            current = owned.get(ident)
+            if from_write and (
+                uid in self._gone
+                or (
+                    current is not None
+                    and current["metadata"].get("uid") == uid
+                    and compare_resource_versions(
+                        current["metadata"].get("resourceVersion", ""),
+                        meta.get("resourceVersion", ""),
+                    )
+                    == 1
+                )
+            ):
+                if not owned:
+                    self.children.pop(owner, None)
                 return owner, False
             owned[ident] = dict(body)
             gen = int(meta.get("generation", 0))
@@ -138,6 +177,20 @@ class Cache:
             self.applied_generation[meta.get("uid", "")] = int(meta.get("generation", 0))
 
 
+def compare_resource_versions(a: str, b: str) -> int | None:
+    """-1, 0 or 1 as resourceVersion `a` is older than, the same as or newer than `b`.
+
+    Kubernetes made the resourceVersions of one resource comparable in 1.35 (KEP-5504,
+    what every etcd-backed apiserver has always served): positive integers without leading
+    zeros, ordered as numbers. None when either is not one: nothing can be said then."""
+    for v in (a, b):
+        if not (v.isascii() and v.isdigit()) or v.startswith("0"):
+            return None
+    if len(a) != len(b):
+        return 1 if len(a) > len(b) else -1
+    return (a > b) - (a < b)
+
+
 def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
         if ref.get("controller"):
@@ -148,6 +201,16 @@ def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def pool_app_key(pool: Mapping[str, Any]) -> Key:
     ref = (pool.get("spec") or {}).get("appRef") or {}
     return (ref.get("namespace") or pool["metadata"]["namespace"], ref.get("name", ""))
+
+
+def app_key_of(table: str, body: Mapping[str, Any]) -> Key:
+    """The app a pool or a Flower names (a Flower's app is always in its own namespace)."""
+    if table == "pools":
+        return pool_app_key(body)
+    return (
+        body["metadata"]["namespace"],
+        ((body.get("spec") or {}).get("appRef") or {}).get("name", ""),
+    )
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -166,6 +229,7 @@ class WorkQueue:
         self.workers = workers
         self._queue: asyncio.Queue[Item] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._queued: dict[Item, float] = {}
         self._active: set[tuple[str, Key]] = set()
         self._deferred: set[Item] = set()
@@ -181,22 +245,31 @@ class WorkQueue:
         """Items of one object never run at once ("app" and "app-status" share a lock)."""
         return (item[0].split("-")[0], item[1])
 
+    def _call(self, fn: Callable[..., object], *args: Any) -> None:
+        """Runs `fn` on the loop: at once from the loop's own thread (watch handlers),
+        else through call_soon_threadsafe (reconcile threads)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args)
+
     def add(self, kind: str, key: Key, delay: float = 0.0) -> None:
         """Thread-safe: may be called from handlers and from reconcile threads."""
         loop = self._loop
         if loop is None:
             return
         if delay > 0:
-            loop.call_soon_threadsafe(loop.call_later, delay, self._add, (kind, key))
+            self._call(loop.call_later, delay, self._add, (kind, key))
         else:
-            loop.call_soon_threadsafe(self._add, (kind, key))
+            self._call(self._add, (kind, key))
 
     def add_soon(self, kind: str, key: Key, delay: float) -> None:
         """Thread-safe: runs the item once, `delay` seconds after the first of a burst of
         calls (status roll-ups: ten pool changes in a row make one app status write)."""
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._schedule, (kind, key), delay)
+        self._call(self._schedule, (kind, key), delay)
 
     def _schedule(self, item: Item, delay: float) -> None:
         if item in self._scheduled or item in self._queued:
@@ -224,6 +297,7 @@ class WorkQueue:
     async def start_loop(self) -> None:
         """Accepts keys from now on (they wait until `start`)."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._queue = asyncio.Queue()
 
     async def start(self) -> None:

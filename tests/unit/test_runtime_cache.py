@@ -1,0 +1,126 @@
+"""The operator's cache: its index of pools and Flowers by the app they name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery_operator.controllers.runtime import Cache, compare_resource_versions
+
+
+def pool(ns: str, name: str, app: str, app_ns: str | None = None) -> dict[str, Any]:
+    ref = {"name": app} | ({"namespace": app_ns} if app_ns else {})
+    return {"metadata": {"namespace": ns, "name": name}, "spec": {"appRef": ref}}
+
+
+def flower(ns: str, name: str, app: str) -> dict[str, Any]:
+    return {"metadata": {"namespace": ns, "name": name}, "spec": {"appRef": {"name": app}}}
+
+
+def names(objs: list[dict[str, Any]]) -> list[str]:
+    return [o["metadata"]["name"] for o in objs]
+
+
+def test_pools_are_found_by_their_app_including_other_namespaces() -> None:
+    c = Cache()
+    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("pools", ("team", "p2"), pool("team", "p2", "shop", app_ns="a"))
+    c.put("pools", ("a", "p3"), pool("a", "p3", "other"))
+    c.put("pools", ("b", "p4"), pool("b", "p4", "shop"))  # app b/shop, not a/shop
+    assert names(c.pools_of_app(("a", "shop"))) == ["p1", "p2"]
+    assert names(c.pools_of_app(("b", "shop"))) == ["p4"]
+    assert c.pools_of_app(("a", "nothing")) == []
+
+
+def test_a_pool_that_moves_to_another_app_leaves_the_first() -> None:
+    c = Cache()
+    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("pools", ("a", "p1"), pool("a", "p1", "billing"))
+    assert c.pools_of_app(("a", "shop")) == []
+    assert names(c.pools_of_app(("a", "billing"))) == ["p1"]
+    assert c.by_app["pools"] == {("a", "billing"): {("a", "p1")}}
+
+
+def test_deleted_objects_leave_the_index() -> None:
+    c = Cache()
+    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("flowers", ("a", "f"), flower("a", "f", "shop"))
+    c.put("pools", ("a", "p1"), None)
+    c.put("flowers", ("a", "f"), None)
+    assert c.pools_of_app(("a", "shop")) == []
+    assert c.flowers_of_app(("a", "shop")) == []
+    assert c.by_app == {"pools": {}, "flowers": {}}
+
+
+def test_the_latest_body_is_returned() -> None:
+    c = Cache()
+    c.put("flowers", ("a", "f"), flower("a", "f", "shop"))
+    newer = flower("a", "f", "shop") | {"status": {"readyReplicas": 1}}
+    c.put("flowers", ("a", "f"), newer)
+    assert c.flowers_of_app(("a", "shop")) == [newer]
+
+
+def test_apps_are_not_indexed() -> None:
+    c = Cache()
+    c.put("apps", ("a", "shop"), {"metadata": {"namespace": "a", "name": "shop"}, "spec": {}})
+    assert c.get("apps", ("a", "shop")) is not None
+    assert set(c.by_app) == {"pools", "flowers"}
+
+
+def child(rv: str, uid: str = "c1", ready: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "namespace": "a",
+            "name": "w",
+            "uid": uid,
+            "resourceVersion": rv,
+            "generation": 1,
+            "ownerReferences": [{"uid": "owner", "controller": True, "name": "p"}],
+        },
+    }
+    if ready is not None:
+        body["status"] = {"readyReplicas": ready}
+    return body
+
+
+IDENT = ("apps/v1/Deployment", "a", "w")
+
+
+def test_resource_versions_compare_as_kep_5504_says() -> None:
+    assert compare_resource_versions("9", "10") == -1
+    assert compare_resource_versions("100", "99") == 1
+    assert compare_resource_versions("123", "123") == 0
+    assert compare_resource_versions("124", "123") == 1
+    for bad in ("", "0", "012", "12a", "-1", "١٢"):  # the last: Arabic-Indic digits
+        assert compare_resource_versions(bad, "5") is None
+        assert compare_resource_versions("5", bad) is None
+
+
+def test_the_answer_to_a_write_never_replaces_a_newer_watch_event() -> None:
+    c = Cache()
+    c.put_child(child("20", ready=1), deleted=False)  # the watch: Deployment is ready
+    c.put_child(child("15"), deleted=False, from_write=True)  # our apply's late answer
+    assert c.child("owner", *IDENT) == child("20", ready=1)
+    c.put_child(child("25", ready=0), deleted=False, from_write=True)  # newer: taken
+    assert c.child("owner", *IDENT) == child("25", ready=0)
+    c.put_child(child("24", ready=1), deleted=False)  # the watch is always believed
+    assert c.child("owner", *IDENT) == child("24", ready=1)
+
+
+def test_the_answer_to_a_write_does_not_revive_a_deleted_child() -> None:
+    c = Cache()
+    c.put_child(child("20"), deleted=True)
+    c.put_child(child("15"), deleted=False, from_write=True)
+    assert c.child("owner", *IDENT) is None
+    assert c.owned("owner") == {}
+    # The same name with a new uid (re-created) is a different object.
+    c.put_child(child("30", uid="c2"), deleted=False, from_write=True)
+    assert c.child("owner", *IDENT) == child("30", uid="c2")
+
+
+def test_unordered_versions_fall_back_to_the_latest_call() -> None:
+    c = Cache()
+    c.put_child(child("abc", ready=1), deleted=False)
+    c.put_child(child("abd"), deleted=False, from_write=True)
+    assert c.child("owner", *IDENT) == child("abd")
