@@ -1,10 +1,11 @@
-"""The operator's cache: its index of pools and Flowers by the app they name."""
+"""The operator's cache: its index by app, its order of writes and watch events, what it keeps."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from celery_operator.controllers.runtime import Cache, compare_resource_versions
+from celery_operator.controllers.runtime import LAST_APPLIED, Cache, compare_resource_versions
 
 
 def pool(ns: str, name: str, app: str, app_ns: str | None = None) -> dict[str, Any]:
@@ -124,3 +125,27 @@ def test_unordered_versions_fall_back_to_the_latest_call() -> None:
     c.put_child(child("abc", ready=1), deleted=False)
     c.put_child(child("abd"), deleted=False, from_write=True)
     assert c.child("owner", *IDENT) == child("abd")
+
+
+def test_the_cache_keeps_bodies_without_other_managers_fields_or_last_applied() -> None:
+    ours = {"manager": "celery-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}
+    body = child("7", ready=1)
+    body["metadata"]["managedFields"] = [
+        ours,
+        {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {}},
+        {"manager": "celery-operator", "operation": "Update", "fieldsV1": {}},
+    ]
+    body["metadata"]["annotations"] = {LAST_APPLIED: "{...}", "keep": "me"}
+    original = copy.deepcopy(body)
+    c = Cache()
+    c.put_child(body, deleted=False)
+    c.put("pools", ("a", "w"), body)
+    for kept in (c.child("owner", *IDENT), c.get("pools", ("a", "w"))):
+        assert kept is not None
+        assert kept["metadata"]["managedFields"] == [ours]  # what the replica hand-off reads
+        assert kept["metadata"]["annotations"] == {"keep": "me"}
+        assert kept["status"] == {"readyReplicas": 1}
+    assert body == original  # the watch's body is not changed
+    del body["metadata"]["managedFields"][0]
+    c.put_child(body, deleted=False)
+    assert "managedFields" not in (c.child("owner", *IDENT) or {})["metadata"]

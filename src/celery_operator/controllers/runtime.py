@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 
 from celery_operator.k8s.children import controller_uid
-from celery_operator.k8s.client import ApiError
+from celery_operator.k8s.client import FIELD_MANAGER, ApiError
 
 log = logging.getLogger("celery_operator")
 
@@ -89,6 +89,7 @@ class Cache:
             if body is None:
                 store.pop(key, None)
             else:
+                body = slim(body)
                 store[key] = body
             index = self.by_app.get(table)
             if index is not None:
@@ -165,7 +166,7 @@ class Cache:
                 if not owned:
                     self.children.pop(owner, None)
                 return owner, False
-            owned[ident] = dict(body)
+            owned[ident] = slim(body)
             gen = int(meta.get("generation", 0))
             ours = self.applied_generation.get(uid)
             drifted = ours is not None and gen > ours
@@ -175,6 +176,30 @@ class Cache:
         meta = live.get("metadata") or {}
         with self.lock:
             self.applied_generation[meta.get("uid", "")] = int(meta.get("generation", 0))
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body as the cache keeps it: without `metadata.managedFields` (except the
+    operator's own apply entry, which the replica hand-off reads) and without kubectl's
+    last-applied annotation (a second copy of the object). A Deployment's managed fields
+    mirror its whole spec: dropping them is most of what the cache holds at scale."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        return dict(body)
+    m = dict(meta)
+    managed = m.pop("managedFields", None) or []
+    ours = [
+        e for e in managed if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
+    ]
+    if ours:
+        m["managedFields"] = ours
+    annotations = m.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        m["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": m}
 
 
 def compare_resource_versions(a: str, b: str) -> int | None:
