@@ -200,6 +200,42 @@ def test_deleted_or_edited_child_is_restored(
     )
 
 
+def test_a_name_taken_by_a_hand_made_object_is_never_taken_over(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    foreign = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "shop-default", "namespace": namespace, "labels": {"by": "hand"}},
+        "spec": {"maxUnavailable": 3, "selector": {"matchLabels": {"by": "hand"}}},
+    }
+    cluster.apply(foreign)
+    cluster.apply([secret(namespace), app(namespace), pool(namespace)])
+    # The worker Deployment is applied before the PDB, so it runs; once it is ready, the
+    # pool's status says so (readyReplicas) and still reports the conflict: a status-only
+    # pass, which applies nothing, must not turn it into Ready.
+    status = wait_for(
+        "the pool's status to show its ready worker",
+        lambda: (
+            s
+            if (s := cluster.get("celeryworkerpool", "default", namespace).get("status"))
+            and s.get("readyReplicas") == POOL["spec"]["replicas"]
+            else None
+        ),
+    )
+    ready = condition({"status": status}, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ChildConflict"), ready
+    assert "PodDisruptionBudget" in ready["message"], ready
+    assert f"{namespace}/shop-default" in ready["message"], ready
+    assert "rename or delete it" in ready["message"], ready
+    pdb = cluster.get("pdb", "shop-default", namespace)
+    assert pdb["spec"]["maxUnavailable"] == 3
+    assert pdb["metadata"]["labels"] == {"by": "hand"}
+    assert not pdb["metadata"].get("ownerReferences")
+    managers = {m["manager"] for m in pdb["metadata"].get("managedFields") or []}
+    assert "celery-operator" not in managers, managers
+
+
 def test_deleted_mirror_secret_is_restored(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_operator.api.celeryapp import MAX_POOLS_IN_STATUS, CeleryApp
-from celery_operator.controllers.celeryworkerpool import pool_keys_of_app
-from celery_operator.controllers.context import Context, patch_status_if_changed
+from celery_operator.controllers.celeryworkerpool import ROLLUP_DELAY, pool_keys_of_app
+from celery_operator.controllers.context import Context, kept_block, patch_status_if_changed
 from celery_operator.controllers.runtime import Key
 from celery_operator.k8s.children import ChildConflictError
 from celery_operator.render import celeryapp as render
@@ -54,6 +54,14 @@ def reconcile_app(ctx: Context, key: Key, *, apply: bool = True) -> None:
             beat = live.get(beat_ident)
         except ChildConflictError as e:
             blocked = ("ChildConflict", str(e))
+        if blocked is None:
+            # The roll-up waits like every other (ROLLUP_DELAY): the pools and Flower
+            # applied with the app (one kubectl apply, one GitOps sync) are in its first
+            # status, instead of a first write that says it has none.
+            ctx.queue.add_soon("app-status", key, ROLLUP_DELAY)
+            return
+    elif not apply and invalid is None:
+        blocked = kept_block(body.get("status"), meta.get("generation"))
 
     pools = [v for p in ctx.cache.pools_of_app(key) if (v := pool_view(p)) is not None]
     flowers = ctx.cache.flowers_of_app(key)

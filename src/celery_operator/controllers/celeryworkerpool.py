@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
-from celery_operator.controllers.context import Context, patch_status_if_changed
+from celery_operator.controllers.context import Context, kept_block, patch_status_if_changed
 from celery_operator.controllers.runtime import Key, pool_app_key
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, delete_owned, hand_off_replicas
@@ -208,6 +208,7 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
         report(
             accepted,
             deployment=cached_deploy,
+            blocked=None if apply else kept_block(old, generation),
             autoscaler=_autoscaler_status(ctx, key, pool, engine),
             scaling=None if app.spec.paused else _scaling_condition(ctx, key, engine),
             paused=app.spec.paused,

@@ -111,4 +111,18 @@ def patch_status_if_changed(body: Mapping[str, Any], kind: str, status: dict[str
             raise
 
 
-__all__ = ["ChildConflictError", "Context", "patch_status_if_changed"]
+def kept_block(old: Mapping[str, Any] | None, generation: object) -> tuple[str, str] | None:
+    """A status-only pass applies nothing, so it cannot see a name conflict: it keeps the
+    ChildConflict that the last full reconcile of this generation reported, instead of
+    reporting Ready from the children that did get created."""
+    for c in (old or {}).get("conditions") or []:
+        if (
+            c.get("type") == "Ready"
+            and c.get("reason") == "ChildConflict"
+            and c.get("observedGeneration") == generation
+        ):
+            return ("ChildConflict", str(c.get("message", "")))
+    return None
+
+
+__all__ = ["ChildConflictError", "Context", "kept_block", "patch_status_if_changed"]

@@ -12,7 +12,7 @@ from celery_operator.controllers.celeryworkerpool import (
     app_problems,
     parse_app,
 )
-from celery_operator.controllers.context import Context, patch_status_if_changed
+from celery_operator.controllers.context import Context, kept_block, patch_status_if_changed
 from celery_operator.controllers.runtime import Key
 from celery_operator.k8s.children import ChildConflictError
 from celery_operator.render import common
@@ -85,7 +85,8 @@ def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
         done(accepted, cached, url, blocked=("AppInvalid", invalid))
         return
     if not apply or app.spec.paused:
-        done(accepted, cached, url, paused=app.spec.paused)
+        block = None if apply else kept_block(body.get("status"), meta.get("generation"))
+        done(accepted, cached, url, paused=app.spec.paused, blocked=block)
         return
     owner = owner_reference(body, KIND)
     desired = [
