@@ -127,7 +127,7 @@ def test_unordered_versions_fall_back_to_the_latest_call() -> None:
     assert c.child("owner", *IDENT) == child("abd")
 
 
-def test_the_cache_keeps_bodies_without_other_managers_fields_or_last_applied() -> None:
+def test_the_cache_keeps_bodies_without_other_managers_fields_last_applied_or_template() -> None:
     ours = {"manager": "celery-operator", "operation": "Apply", "fieldsV1": {"f:spec": {}}}
     body = child("7", ready=1)
     body["metadata"]["managedFields"] = [
@@ -136,10 +136,17 @@ def test_the_cache_keeps_bodies_without_other_managers_fields_or_last_applied() 
         {"manager": "celery-operator", "operation": "Update", "fieldsV1": {}},
     ]
     body["metadata"]["annotations"] = {LAST_APPLIED: "{...}", "keep": "me"}
+    body["spec"] = {"replicas": 2, "template": {"spec": {"containers": []}}}
     original = copy.deepcopy(body)
     c = Cache()
     c.put_child(body, deleted=False)
     c.put("pools", ("a", "w"), body)
+    cached_child = c.child("owner", *IDENT)
+    assert cached_child is not None
+    assert cached_child["spec"] == {"replicas": 2}  # a child's pod template is not kept
+    primary = c.get("pools", ("a", "w"))
+    assert primary is not None
+    assert primary["spec"] == original["spec"]  # a primary's spec is whole
     for kept in (c.child("owner", *IDENT), c.get("pools", ("a", "w"))):
         assert kept is not None
         assert kept["metadata"]["managedFields"] == [ours]  # what the replica hand-off reads
@@ -149,3 +156,23 @@ def test_the_cache_keeps_bodies_without_other_managers_fields_or_last_applied() 
     del body["metadata"]["managedFields"][0]
     c.put_child(body, deleted=False)
     assert "managedFields" not in (c.child("owner", *IDENT) or {})["metadata"]
+
+
+def test_cached_bodies_share_their_keys_and_short_strings() -> None:
+    import json
+
+    c = Cache()
+    a = json.loads(json.dumps(child("1", ready=1)))
+    b = json.loads(
+        json.dumps({**child("2", ready=1), "metadata": {**child("2")["metadata"], "name": "v"}})
+    )
+    assert next(iter(a)) is not next(iter(b))  # json.loads gives each body its own keys
+    c.put_child(a, deleted=False)
+    c.put_child(b, deleted=False)
+    x, y = c.child("owner", *IDENT), c.child("owner", "apps/v1/Deployment", "a", "v")
+    assert x is not None
+    assert y is not None
+    assert next(k for k in x if k == "metadata") is next(k for k in y if k == "metadata")
+    assert x["kind"] is y["kind"]
+    assert x == a  # equal, only shared
+    assert y == b

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -166,7 +167,7 @@ class Cache:
                 if not owned:
                     self.children.pop(owner, None)
                 return owner, False
-            owned[ident] = slim(body)
+            owned[ident] = slim(body, child=True)
             gen = int(meta.get("generation", 0))
             ours = self.applied_generation.get(uid)
             drifted = ours is not None and gen > ours
@@ -181,11 +182,12 @@ class Cache:
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
-def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
     """The body as the cache keeps it: without `metadata.managedFields` (except the
     operator's own apply entry, which the replica hand-off reads) and without kubectl's
-    last-applied annotation (a second copy of the object). A Deployment's managed fields
-    mirror its whole spec: dropping them is most of what the cache holds at scale."""
+    last-applied annotation (a second copy of the object). A child also loses its pod
+    template: nothing reads it from the cache (the applied-hash annotation and the
+    generation say whether a child is as rendered), and it is most of a Deployment."""
     meta = body.get("metadata")
     if not isinstance(meta, dict):
         return dict(body)
@@ -199,7 +201,24 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     annotations = m.get("annotations")
     if annotations and LAST_APPLIED in annotations:
         m["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-    return {**body, "metadata": m}
+    out = {**body, "metadata": m}
+    spec = body.get("spec")
+    if child and isinstance(spec, dict) and "template" in spec:
+        out["spec"] = {k: v for k, v in spec.items() if k != "template"}
+    kept: dict[str, Any] = compact(out)
+    return kept
+
+
+def compact(value: Any) -> Any:
+    """A copy whose keys and short strings are interned: every body from the watch has its
+    own copy of "apiVersion", "metadata", "True", "Ready"..., a third of a cached body."""
+    if isinstance(value, dict):
+        return {sys.intern(k): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value
 
 
 def compare_resource_versions(a: str, b: str) -> int | None:
