@@ -114,15 +114,19 @@ def delete_namespaces(env: Env, names: list[str]) -> None:
     )
 
 
+def is_ready(obj: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions", [])
+    )
+
+
 def converged(app: dict[str, Any]) -> bool:
     """Ready, and Ready because of both pools and the Flower: an app whose pools the
     operator has not seen yet is Ready too (it has nothing to run), which is not the end."""
     status = app.get("status") or {}
     return (
-        any(
-            c.get("type") == "Ready" and c.get("status") == "True"
-            for c in status.get("conditions", [])
-        )
+        is_ready(app)
         and (status.get("pools") or {}).get("ready") == 2
         and bool((status.get("flower") or {}).get("ready"))
     )
@@ -213,10 +217,7 @@ def idle_and_update(
         mine = [p for p in items if p["metadata"]["namespace"].startswith(f"conv{tag}-")]
         return all(
             (p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
-            and any(
-                c.get("type") == "Ready" and c.get("status") == "True"
-                for c in (p.get("status") or {}).get("conditions", [])
-            )
+            and is_ready(p)
             for p in mine
         )
 

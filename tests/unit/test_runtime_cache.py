@@ -29,6 +29,7 @@ def test_pools_are_found_by_their_app_including_other_namespaces() -> None:
     c.put("pools", ("b", "p4"), pool("b", "p4", "shop"))  # app b/shop, not a/shop
     assert names(c.pools_of_app(("a", "shop"))) == ["p1", "p2"]
     assert names(c.pools_of_app(("b", "shop"))) == ["p4"]
+    assert c.keys_of_app("pools", ("a", "shop")) == [("a", "p1"), ("team", "p2")]
     assert c.pools_of_app(("a", "nothing")) == []
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_operator.api.celeryapp import MAX_POOLS_IN_STATUS, CeleryApp
-from celery_operator.controllers.celeryworkerpool import ROLLUP_DELAY, pool_keys_of_app
+from celery_operator.controllers.celeryworkerpool import ROLLUP_DELAY
 from celery_operator.controllers.context import Context, kept_block, patch_status_if_changed
 from celery_operator.controllers.runtime import Key
 from celery_operator.k8s.children import ChildConflictError
@@ -100,11 +100,5 @@ def on_app_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     if not deleted:
         ctx.queue.add("app", key)
     # Pools and Flower render from the app's spec (and stop when it goes).
-    ctx.queue.add_many("pool", pool_keys_of_app(ctx, key))
-    ctx.queue.add_many(
-        "flower",
-        [
-            (f["metadata"]["namespace"], f["metadata"]["name"])
-            for f in ctx.cache.flowers_of_app(key)
-        ],
-    )
+    ctx.queue.add_many("pool", ctx.cache.keys_of_app("pools", key))
+    ctx.queue.add_many("flower", ctx.cache.keys_of_app("flowers", key))

@@ -344,12 +344,6 @@ def _scaling_condition(ctx: Context, key: Key, engine: str | None) -> tuple[bool
     return (True, "QueueLengthRead", f"{st['queueLength']} tasks waiting")
 
 
-def pool_keys_of_app(ctx: Context, app: Key) -> list[Key]:
-    return [
-        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in ctx.cache.pools_of_app(app)
-    ]
-
-
 def on_pool_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     """Watch event of a pool: cache it, reconcile it when its spec moved, refresh its app."""
     key = (body["metadata"]["namespace"], body["metadata"]["name"])

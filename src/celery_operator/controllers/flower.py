@@ -13,7 +13,7 @@ from celery_operator.controllers.celeryworkerpool import (
     parse_app,
 )
 from celery_operator.controllers.context import Context, kept_block, patch_status_if_changed
-from celery_operator.controllers.runtime import Key
+from celery_operator.controllers.runtime import Key, app_key_of
 from celery_operator.k8s.children import ChildConflictError
 from celery_operator.render import common
 from celery_operator.render import flower as render
@@ -107,18 +107,12 @@ def on_flower_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
     deleted = event_type == "DELETED"
     old = ctx.cache.put("flowers", key, None if deleted else body)
-    app_key = (key[0], (body.get("spec") or {}).get("appRef", {}).get("name", ""))
+    app_key = app_key_of("flowers", body)
     if not deleted and (
         old is None or old["metadata"].get("generation") != body["metadata"].get("generation")
     ):
         ctx.queue.add("flower", key)
     if deleted:
         # A Flower waiting behind this one may now run.
-        ctx.queue.add_many(
-            "flower",
-            [
-                (f["metadata"]["namespace"], f["metadata"]["name"])
-                for f in ctx.cache.flowers_of_app(app_key)
-            ],
-        )
+        ctx.queue.add_many("flower", ctx.cache.keys_of_app("flowers", app_key))
     ctx.queue.add_soon("app-status", app_key, ROLLUP_DELAY)

@@ -103,10 +103,15 @@ class Cache:
                     index.setdefault(app_key_of(table, body), set()).add(key)
             return old
 
+    def keys_of_app(self, table: str, app: Key) -> list[Key]:
+        """Keys of the pools ("pools") or Flowers ("flowers") that name `app`, sorted."""
+        with self.lock:
+            return sorted(self.by_app[table].get(app, ()))
+
     def _of_app(self, table: str, app: Key) -> list[dict[str, Any]]:
         with self.lock:
             store: dict[Key, dict[str, Any]] = getattr(self, table)
-            return [store[k] for k in sorted(self.by_app[table].get(app, ()))]
+            return [store[k] for k in self.keys_of_app(table, app)]
 
     def pools_of_app(self, app: Key) -> list[dict[str, Any]]:
         return self._of_app("pools", app)
