@@ -11,7 +11,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from celery_operator.certs import rotation
 from celery_operator.certs.manager import CA_INJECTOR, CertManager
 from celery_operator.certs.pki import KeyPair
 from celery_operator.k8s import client, secrets
+from tests.support.admission import ReviewHandler
 from tests.support.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -317,30 +318,14 @@ def test_run_loop_reports_new_files(cluster: Cluster, namespace: str, tmp_path: 
 
 
 # ---- the apiserver trusts serving certificates of either CA during the overlap -----------
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReviewHandler):
     """Admits everything except ConfigMaps named "bad" (HTTP/1.0: a TLS handshake per call)."""
 
     calls = 0
 
-    def do_POST(self) -> None:
-        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        request = review["request"]
+    def deny(self, request: dict[str, Any]) -> str | None:
         type(self).calls += 1
-        allowed = request["name"] != "bad"
-        response: dict[str, Any] = {"uid": request["uid"], "allowed": allowed}
-        if not allowed:
-            response["status"] = {"code": 403, "message": "certs-test says no"}
-        body = json.dumps(
-            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        return "certs-test says no" if request["name"] == "bad" else None
 
 
 def test_apiserver_trusts_either_ca_during_rotation(

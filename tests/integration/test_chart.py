@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from celery_operator.manifests.webhooks import (
     build_webhook_configurations,
     webhook_dns_names,
 )
-from tests.support.cluster import Cluster, Result, wait_for
+from tests.support.cluster import Cluster, Result, run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -140,15 +139,7 @@ class Helm:
     kube_version: str
 
     def run(self, *args: str, input: str | None = None, timeout: float = 240) -> Result:
-        out = subprocess.run(
-            [str(self.bin), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Result(out.returncode, out.stdout, out.stderr)
+        return run_cli(self.bin, self.kubeconfig, *args, input=input, timeout=timeout)
 
     def template_text(
         self, values: dict[str, Any], namespace: str, *extra: str, release: str = RELEASE

@@ -9,13 +9,14 @@ import json
 import ssl
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celery_operator.certs import pki
+from tests.support.admission import ReviewHandler
 from tests.support.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -160,31 +161,17 @@ def test_crd_cel_rule_rejects_invalid_object(cluster: Cluster, namespace: str) -
     assert not cluster.exists("widgets.testenv.example.com", "bad", namespace)
 
 
-class _DenyHandler(BaseHTTPRequestHandler):
+class _DenyHandler(ReviewHandler):
     """Denies every ConfigMap whose data has `forbidden: "true"`, with a fixed message."""
 
     calls: list[str] = []
 
-    def do_POST(self) -> None:
-        review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        req = review["request"]
-        obj = req.get("object") or {}
-        denied = (obj.get("data") or {}).get("forbidden") == "true"
-        type(self).calls.append(req["uid"])
-        response: dict[str, Any] = {"uid": req["uid"], "allowed": not denied}
-        if denied:
-            response["status"] = {"code": 403, "message": "testenv-webhook says no to forbidden"}
-        body = json.dumps(
-            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    def deny(self, request: dict[str, Any]) -> str | None:
+        type(self).calls.append(request["uid"])
+        obj = request.get("object") or {}
+        if (obj.get("data") or {}).get("forbidden") == "true":
+            return "testenv-webhook says no to forbidden"
+        return None
 
 
 @pytest.fixture

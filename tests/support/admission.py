@@ -1,4 +1,5 @@
-"""Building AdmissionReview requests, and a Lookup with fixed answers for unit tests."""
+"""Building AdmissionReview requests, a Lookup with fixed answers for unit tests, and a
+minimal validating webhook server for the control-plane tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import json
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 
@@ -34,6 +36,31 @@ def review(
         **extra,
     }
     return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req}
+
+
+class ReviewHandler(BaseHTTPRequestHandler):
+    """Answers AdmissionReviews: `deny(request)` returns the message to deny with, or None."""
+
+    def deny(self, request: dict[str, Any]) -> str | None:
+        raise NotImplementedError
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["request"]
+        message = self.deny(request)
+        response: dict[str, Any] = {"uid": request["uid"], "allowed": message is None}
+        if message is not None:
+            response["status"] = {"code": 403, "message": message}
+        body = json.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 def decoded_patch(resp: dict[str, Any]) -> list[dict[str, Any]]:

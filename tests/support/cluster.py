@@ -29,6 +29,21 @@ class Result:
     stderr: str
 
 
+def run_cli(
+    binary: Path, kubeconfig: Path, *args: str, input: str | None = None, timeout: float = 120
+) -> Result:
+    """Runs kubectl or helm against the cluster; never raises on a non-zero exit."""
+    out = subprocess.run(
+        [str(binary), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(out.returncode, out.stdout, out.stderr)
+
+
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 60.0) -> T:
     """Polls `check` until it returns something truthy; fails with `what` on timeout.
 
@@ -59,15 +74,7 @@ class Cluster:
     local: bool = True  # the testenv control plane (kwok nodes), not an external cluster
 
     def run(self, *args: str, input: str | None = None, timeout: float = 120) -> Result:
-        out = subprocess.run(
-            [str(self.kubectl_bin), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Result(out.returncode, out.stdout, out.stderr)
+        return run_cli(self.kubectl_bin, self.kubeconfig, *args, input=input, timeout=timeout)
 
     def kubectl(self, *args: str, input: str | None = None, timeout: float = 120) -> str:
         r = self.run(*args, input=input, timeout=timeout)
