@@ -7,8 +7,8 @@ BIN := $(abspath $(VENV))/bin
 RUN := testenv/.run
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps testenv brokers test unit integration e2e lint fmt manifests install-yaml \
-        cluster-up cluster-down dev-up dev-down demo bench clean
+.PHONY: help deps testenv brokers node-deps images test unit integration e2e realnode lint fmt \
+        manifests install-yaml cluster-up cluster-down dev-up dev-down demo bench clean
 
 help:
 	@echo "make test          install everything, then lint + every test suite (what CI runs)"
@@ -17,7 +17,8 @@ help:
 	@echo "make install-yaml  re-render deploy/install.yaml from the chart (needs helm: make testenv)"
 	@echo "make lint          ruff, mypy --strict, import contracts"
 	@echo "make cluster-up    start the local control plane (KUBECONFIG=$(RUN)/kubeconfig)"
-	@echo "make cluster-down  stop it"
+	@echo "make cluster-down  stop it (and tear down the real node)"
+	@echo "make images        build the real node's images (no registry needed)"
 	@echo "make bench         benchmarks, written to docs/benchmarks.md"
 
 $(VENV)/.installed: pyproject.toml
@@ -34,6 +35,15 @@ testenv:
 brokers:
 	testenv/install-brokers.sh
 
+# The real node (containerd, runc, CNI plugins) and image building (debootstrap, buildah).
+node-deps:
+	testenv/install-node.sh
+
+# The images the real node runs (pause, Python base, the operator's Dockerfile, the example
+# app), built here with no registry and cached by their inputs (testenv/images.py).
+images: deps node-deps
+	$(BIN)/python -m testenv.images build
+
 lint: deps
 	$(BIN)/ruff check src tests testenv bench
 	$(BIN)/ruff format --check src tests testenv bench
@@ -44,9 +54,13 @@ fmt: deps
 	$(BIN)/ruff format src tests testenv bench
 	$(BIN)/ruff check --fix src tests testenv bench
 
-# Every suite, in one pytest session so the control plane starts once.
-test: deps testenv brokers lint
-	$(BIN)/pytest tests
+# Every suite, in one pytest session so the control plane (and the real node) start once;
+# then a check that the real node left nothing on the machine.
+test: deps testenv brokers images lint
+	@rc=0; $(BIN)/pytest tests || rc=$$?; \
+	$(BIN)/python -m testenv.realnode down || rc=1; \
+	$(BIN)/python -m testenv.realnode leftovers >/dev/null || { echo "the real node left: $$($(BIN)/python -m testenv.realnode leftovers)"; rc=1; }; \
+	exit $$rc
 
 unit: deps
 	$(BIN)/pytest tests/unit
@@ -57,7 +71,10 @@ integration: deps testenv brokers
 e2e: deps testenv brokers
 	$(BIN)/pytest tests/e2e
 
-cluster-up: deps testenv
+realnode: deps testenv brokers images
+	$(BIN)/pytest tests/realnode
+
+cluster-up: deps testenv images
 	$(BIN)/python -m testenv.controlplane up
 
 # Stops whatever runs: the operator (and webhook) of dev-up, then the control plane.
@@ -79,13 +96,13 @@ install-yaml: deps
 k8s-schemas: deps
 	$(BIN)/python -m testenv.k8s_schemas
 
-dev-up: deps testenv
+dev-up: deps testenv images
 	$(BIN)/python -m testenv.dev up
 
 dev-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m testenv.dev down; else echo "nothing running"; fi
 
-demo: deps testenv
+demo: deps testenv images
 	$(BIN)/python -m testenv.dev demo
 
 bench: deps testenv brokers

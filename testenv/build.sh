@@ -66,7 +66,7 @@ ldflags_k8s() {
 
 build_k8s() {
   local out="$cache/k8s-$KUBERNETES_VERSION/bin" src="$cache/src/k8s-$KUBERNETES_VERSION"
-  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   if all_present "$out" "${bins[@]}"; then echo "$out"; return; fi
   log "k8s $KUBERNETES_VERSION: resolving modules (the first time downloads ~1 GiB)"
   new_module "$src" k8s
@@ -87,7 +87,8 @@ build_k8s() {
   (cd "$src" && run_logged k8s "$src/build.log" go build -trimpath \
     -ldflags "$(ldflags_k8s)" -o "$out.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
   finish "$out"
 }
 

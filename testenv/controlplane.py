@@ -36,6 +36,9 @@ from types import FrameType, TracebackType
 import yaml
 
 from celery_operator.certs import pki
+from testenv import images as images_mod
+from testenv import realnode
+from testenv.realnode import GATEWAY, RealNode, RealNodeError
 
 HERE = Path(__file__).resolve().parent
 RUN_DIR = HERE / ".run"
@@ -76,6 +79,8 @@ class Binaries:
     kwok_stages: Path
     keda_crds: Path
     helm: Path
+    kubelet: Path
+    kube_proxy: Path
 
     @property
     def bin_dir(self) -> Path:
@@ -106,6 +111,8 @@ def find_binaries() -> Binaries:
         kwok_stages=c / f"kwok-{v['KWOK_VERSION']}" / "stages",
         keda_crds=c / f"keda-{v['KEDA_VERSION']}" / "crds",
         helm=c / f"helm-{v['HELM_VERSION']}" / "bin" / "helm",
+        kubelet=k8s / "kubelet",
+        kube_proxy=k8s / "kube-proxy",
     )
     missing = [str(p) for p in vars(found).values() if not p.exists()]
     if missing:
@@ -149,7 +156,11 @@ class ControlPlane:
     workdir: Path | None = None
     nodes: tuple[str, ...] = NODE_NAMES
     binaries: Binaries | None = None
+    # A real kubelet + containerd node beside the kwok nodes (testenv/realnode.py), with
+    # the locally built images (testenv/images.py) imported.
+    real_node: bool = False
     procs: list[Proc] = field(default_factory=list)
+    node: RealNode | None = field(init=False, default=None)
     kubeconfig: Path = field(init=False)
     api_url: str = field(init=False)
     _own_workdir: bool = field(init=False, default=False)
@@ -211,7 +222,7 @@ class ControlPlane:
                 str(b.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--advertise-address={GATEWAY}",  # pods reach it through the relay (realnode.py)
                 f"--secure-port={api_port}",
                 f"--cert-dir={pkidir}",
                 f"--tls-cert-file={pkidir / 'apiserver.crt'}",
@@ -221,11 +232,17 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pkidir / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
+                "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
                 "--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,PodSecurity,"
                 "MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,"
-                "ResourceQuota,DefaultTolerationSeconds,Priority",
+                "ResourceQuota,DefaultTolerationSeconds,Priority,NodeRestriction",
+                # The real node: logs/exec/port-forward through the kubelet, and webhooks
+                # and aggregated APIs called on their pods' IPs (there is no cluster DNS).
+                f"--kubelet-client-certificate={pkidir / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pkidir / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                "--enable-aggregator-routing=true",
                 "--max-requests-inflight=800",
                 "--max-mutating-requests-inflight=400",
                 "--profiling=true",  # /debug/pprof for admins: how bench/ profiles the apiserver
@@ -298,6 +315,28 @@ class ControlPlane:
         self._create_nodes()
         self._wait_nodes_ready(deadline)
         self._wait_default_serviceaccount(deadline)
+        if self.real_node:
+            self.start_real_node()
+
+    def start_real_node(self, timeout: float = 240.0) -> RealNode:
+        """Starts the real node with every locally built image (make images) imported."""
+        wanted = {i.name: i for i in images_mod.plan().values() if i.name != "python"}
+        missing = [i.name for i in wanted.values() if not i.built]
+        if missing:
+            raise TestenvError(
+                f"images not built ({', '.join(missing)}): run `make images` "
+                "(python -m testenv.images build)"
+            )
+        self.node = RealNode(
+            self,
+            images={i.ref: i.tarball for i in wanted.values()},
+            pause_ref=wanted["pause"].ref,
+        )
+        try:
+            self.node.start(time.monotonic() + timeout)
+        except RealNodeError as e:
+            raise TestenvError(f"real node: {e}") from e
+        return self.node
 
     def stop(self) -> None:
         """Stops every process (newest first), then removes the temp dir. Idempotent."""
@@ -312,6 +351,9 @@ class ControlPlane:
                 p.popen.kill()
                 p.popen.wait(timeout=10)
         self.procs.clear()
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -446,6 +488,7 @@ class ControlPlane:
             year,
             sans=[
                 "127.0.0.1",
+                GATEWAY,
                 "localhost",
                 "10.96.0.1",
                 "kubernetes",
@@ -457,6 +500,15 @@ class ControlPlane:
         admin = pki.issue_cert(
             ca, "admin", year, organizations=["system:masters"], server=False, client=True
         )
+        # How the apiserver authenticates to kubelets (logs, exec, port-forward).
+        kubelet_client = pki.issue_cert(
+            ca,
+            "kube-apiserver-kubelet-client",
+            year,
+            organizations=["system:masters"],
+            server=False,
+            client=True,
+        )
         sa_key = pki.private_key_pem(pki.new_rsa_key())
         files = {
             "ca.crt": ca.cert_pem,
@@ -465,6 +517,8 @@ class ControlPlane:
             "apiserver.key": server.key_pem,
             "admin.crt": admin.cert_pem,
             "admin.key": admin.key_pem,
+            "kubelet-client.crt": kubelet_client.cert_pem,
+            "kubelet-client.key": kubelet_client.key_pem,
             "sa.key": sa_key,
             "sa.pub": pki.public_key_pem(sa_key),
         }
@@ -543,7 +597,7 @@ def serve(workdir: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     READY.unlink(missing_ok=True)
-    cp = ControlPlane(workdir=workdir)
+    cp = ControlPlane(workdir=workdir, real_node=True)
     try:
         cp.start()
         shutil.copy(cp.kubeconfig, RUN_DIR / "kubeconfig")
@@ -563,7 +617,7 @@ def serve(workdir: Path) -> int:
     return 0
 
 
-def up(timeout: float = 180.0) -> int:
+def up(timeout: float = 420.0) -> int:
     if _read_pid() is not None and READY.exists():
         print(f"control plane already running; KUBECONFIG={RUN_DIR / 'kubeconfig'}")
         return 0
@@ -612,7 +666,8 @@ def down(timeout: float = 60.0) -> int:
     (RUN_DIR / "kubeconfig").unlink(missing_ok=True)
     shutil.rmtree(RUN_DIR / "cluster", ignore_errors=True)
     print("control plane down")
-    return 0
+    # The real node's own teardown ran in `serve`; this one catches what a crash left.
+    return realnode.down()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from testenv.controlplane import ControlPlane, TestenvError, find_binaries  # noqa: E402
+from testenv.realnode import RealNode  # noqa: E402
 
 from tests.support.cluster import Cluster  # noqa: E402
 
@@ -44,9 +45,35 @@ def cluster() -> Iterator[Cluster]:
         pytest.fail(str(e), pytrace=False)
     try:
         assert cp.binaries is not None
-        yield Cluster(cp.kubeconfig, cp.binaries.kubectl, cp.binaries.helm, cp.binaries.keda_crds)
+        yield Cluster(
+            cp.kubeconfig,
+            cp.binaries.kubectl,
+            cp.binaries.helm,
+            cp.binaries.keda_crds,
+            control_plane=cp,
+        )
     finally:
         cp.stop()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster: Cluster) -> RealNode:
+    """The real node (kubelet + containerd) beside the kwok nodes, started once, on first use.
+
+    Its images (`make images`) are imported; pods reach it with `tests.support.realnode`.
+    """
+    cp = cluster.control_plane
+    if cp is None:
+        pytest.fail(
+            "the real-node tests run on the local control plane (unset KUBECONFIG)", pytrace=False
+        )
+    if cp.node is None:
+        try:
+            cp.start_real_node()
+        except TestenvError as e:
+            pytest.fail(str(e), pytrace=False)
+    assert cp.node is not None
+    return cp.node
 
 
 @pytest.fixture

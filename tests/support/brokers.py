@@ -210,6 +210,7 @@ class RedisServer(_Server):
         password: str | None = None,
         *,
         port: int | None = None,
+        pod_host: str | None = None,
         start_timeout: float = REDIS_START_TIMEOUT,
     ) -> None:
         super().__init__(start_timeout)
@@ -217,11 +218,22 @@ class RedisServer(_Server):
         self.password = password
         self.port = port or free_port()
         self.host = HOST
+        # Also listen on this address (the real node's bridge gateway), for pods.
+        self.pod_host = pod_host
 
     @property
     def url(self) -> str:
+        return self.url_for(self.host)
+
+    @property
+    def pod_url(self) -> str:
+        """The URL pods on the real node use (needs `pod_host`)."""
+        assert self.pod_host is not None, "RedisServer(pod_host=...) listens for pods"
+        return self.url_for(self.pod_host)
+
+    def url_for(self, host: str, db: int = 0) -> str:
         auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
-        return f"redis://{auth}{self.host}:{self.port}/0"
+        return f"redis://{auth}{host}:{self.port}/{db}"
 
     def client(self, **kwargs: Any) -> redis.Redis:
         """A `redis.Redis` client for this server (the caller closes it)."""
@@ -236,7 +248,7 @@ class RedisServer(_Server):
         cmd = [
             self.binary,
             "--port", str(self.port),
-            "--bind", self.host,
+            "--bind", " ".join(filter(None, (self.host, self.pod_host))),
             "--dir", str(self.tmpdir),
             "--save", "",
             "--appendonly", "no",
@@ -246,6 +258,9 @@ class RedisServer(_Server):
         ]  # fmt: skip
         if self.password is not None:
             cmd += ["--requirepass", self.password]
+        if self.pod_host is not None:
+            # Pods are not loopback clients: without a password Redis would refuse them.
+            cmd += ["--protected-mode", "no"]
         return cmd
 
     def _ready(self) -> bool:

@@ -72,6 +72,7 @@ class Cluster:
     helm_bin: Path | None = None
     keda_crds: Path | None = None
     local: bool = True  # the testenv control plane (kwok nodes), not an external cluster
+    control_plane: Any = None  # testenv.controlplane.ControlPlane, when local
 
     def run(self, *args: str, input: str | None = None, timeout: float = 120) -> Result:
         return run_cli(self.kubectl_bin, self.kubeconfig, *args, input=input, timeout=timeout)

@@ -1,0 +1,1 @@
+"""The example Celery application (see worker.py)."""
