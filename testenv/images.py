@@ -81,11 +81,15 @@ def _digest(parts: list[bytes]) -> str:
 def _tree_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
+    # What .dockerignore leaves out of a build context, and what pip writes into src/.
     skip = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
     return sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and not (skip & set(p.parts)) and not p.name.endswith(".pyc")
+        if p.is_file()
+        and not (skip & set(p.parts))
+        and not any(part.endswith(".egg-info") for part in p.parts)
+        and not p.name.endswith(".pyc")
     )
 
 

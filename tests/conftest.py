@@ -67,11 +67,14 @@ def real_node(cluster: Cluster) -> RealNode:
         pytest.fail(
             "the real-node tests run on the local control plane (unset KUBECONFIG)", pytrace=False
         )
+    error = None
     if cp.node is None:
         try:
             cp.start_real_node()
         except TestenvError as e:
-            pytest.fail(str(e), pytrace=False)
+            error = str(e)
+    if error is not None:
+        pytest.fail(error, pytrace=False)
     assert cp.node is not None
     return cp.node
 
