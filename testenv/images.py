@@ -43,6 +43,11 @@ ROOT = HERE.parent
 REPO = "localhost/celery-operator"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
+# The oldest Celery release the operator supports (docs/operations.md): the example app is
+# also built on it, and the real-node tests run it.
+OLDEST_CELERY = "5.4.0"
+OLDEST_KOMBU = "5.4.2"  # of the same time: later kombu needs redis-py >= 6.1
+
 DEBIAN_SUITE = "bookworm"
 PYTHON_PACKAGES = (
     "python3",
@@ -108,6 +113,7 @@ class Image:
     key: str
     deps: tuple[str, ...] = ()
     inputs: tuple[Path, ...] = field(default=(), compare=False)
+    build_args: tuple[str, ...] = ()  # NAME=VALUE, for a Dockerfile build
 
     @property
     def ref(self) -> str:
@@ -135,7 +141,15 @@ def plan() -> dict[str, Image]:
     )
     app_inputs = (ROOT / "examples" / "app",)
     app = Image("example-app", key_of(list(app_inputs), "example-app: " + python.key), ("python",))
-    return {i.name: i for i in (pause, python, operator, app)}
+    # The same app on the oldest Celery the project supports (no soft shutdown).
+    old_args = (f"CELERY_VERSION={OLDEST_CELERY}", f"KOMBU_VERSION={OLDEST_KOMBU}")
+    app_old = Image(
+        "example-app-oldest-celery",
+        key_of(list(app_inputs), f"example-app: {python.key} {old_args}"),
+        ("python",),
+        build_args=old_args,
+    )
+    return {i.name: i for i in (pause, python, operator, app, app_old)}
 
 
 # ---- running tools ----------------------------------------------------------------------
@@ -327,6 +341,7 @@ def build_dockerfile(image: Image, context: Path, log: Path) -> None:
         "--layers=false",
         "--format=docker",
         f"--build-arg=BASE_IMAGE={python.ref}",
+        *(f"--build-arg={a}" for a in image.build_args),
         "--tag",
         image.ref,
     ]
@@ -346,7 +361,7 @@ def build(image: Image, log: Path) -> None:
         build_python(image, log)
     elif image.name == "operator":
         build_dockerfile(image, ROOT, log)
-    elif image.name == "example-app":
+    elif image.name.startswith("example-app"):
         build_dockerfile(image, ROOT / "examples" / "app", log)
     else:  # pragma: no cover
         raise ImageError(f"no recipe for image {image.name}")

@@ -455,6 +455,20 @@ class RealNode:
     def ctr(self, *args: str) -> str:
         return _sh("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args).stdout
 
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a container's main process (`containerd://<id>` or `<id>`).
+
+        Signals to PID 1 of a pod's PID namespace are ignored when sent from inside it
+        (even SIGSTOP), so a test that wants to freeze a container's main process sends
+        from here, the node.
+        """
+        cid = container_id.removeprefix("containerd://")
+        for line in self.ctr("tasks", "list").splitlines()[1:]:
+            words = line.split()
+            if words and words[0] == cid:
+                return int(words[1])
+        raise RealNodeError(f"no running task for container {cid}")
+
     def start(self, deadline: float) -> None:
         t0 = time.monotonic()
         check_machine()

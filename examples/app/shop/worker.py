@@ -33,6 +33,10 @@ from celery import Celery, Task
 
 EVENTS_KEY = "shop:events"
 
+# A big application takes seconds to import (Django, models, ...): SHOP_IMPORT_DELAY makes
+# this one as slow, for tests of what happens to a worker while it boots.
+time.sleep(float(os.environ.get("SHOP_IMPORT_DELAY", "0")))
+
 app = Celery("shop")
 app.conf.update(
     task_acks_late=True,

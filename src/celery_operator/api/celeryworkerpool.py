@@ -116,6 +116,16 @@ class LivenessProbe(Model):
     failure_threshold: int = Field(
         default=3, ge=1, le=100, description="Failed probes in a row before a restart."
     )
+    termination_grace_period_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=86400,
+        description=(
+            "Seconds a worker that failed its liveness probe gets between SIGTERM and SIGKILL "
+            "(the probe's own grace period): a hung worker is restarted after this, not after "
+            "shutdown.terminationGracePeriodSeconds, which is meant for finishing tasks."
+        ),
+    )
 
 
 class ProbesSpec(Model):

@@ -10,11 +10,14 @@ its progress and finalizer settings still name our own group, should a handler u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import random
+import socket
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
@@ -193,7 +196,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG or ~/.kube/config.
         info = kopf.login_with_service_account(**kwargs)
-        return info or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            # kopf names the apiserver kubernetes.default.svc, which needs cluster DNS;
+            # in-cluster clients (client-go, the kubernetes package) use the Service's
+            # address from the environment instead, and so do we.
+            return dataclasses.replace(info, server=in_cluster_server() or info.server)
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -234,6 +242,15 @@ async def resync(ctx: Context, interval: float) -> None:
             ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
 
 
+def in_cluster_server() -> str | None:
+    """https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, as client-go builds it."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    if not host:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
 def run(config: OperatorConfig) -> None:
     from celery_operator.k8s import client
 
@@ -248,6 +265,9 @@ def run(config: OperatorConfig) -> None:
     kopf.run(
         registry=registry,
         standalone=True,
+        # kopf would name itself after getpass.getuser(), which raises for a UID with no
+        # passwd entry: the image's 65532, and any runAsUser a cluster picks.
+        identity=cast(Any, f"{socket.gethostname()}/{os.getpid()}"),  # kopf's NewType Identity
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=f"http://{config.bind_address}:{config.liveness_port}/healthz",

@@ -41,6 +41,38 @@ sys.exit(1)
 """
 
 
+# The worker's launcher: Celery's own `celery` command, run in this process, after choosing
+# how SIGTERM stops the worker. The soft shutdown (REMAP_SIGTERM=SIGQUIT, then
+# worker_soft_shutdown_timeout seconds for running tasks) exists since Celery 5.5. Older
+# Celery refuses the setting (the worker would not start) and takes SIGQUIT as a cold
+# shutdown that kills running tasks at once: there SIGTERM stays Celery's warm shutdown
+# (running tasks get the pod's whole grace period). The timeout goes in before the user's
+# own `-- key=value` settings, so those win; a REMAP_SIGTERM in the env is left as it is.
+# Until Celery installs its own signal handlers (before it consumes anything), SIGTERM
+# ends the process: PID 1 of a container ignores a signal it has no handler for, so a pod
+# deleted while its worker boots would otherwise start consuming tasks and be SIGKILLed
+# at the end of its grace period, in the middle of them.
+LAUNCHER_SCRIPT = """\
+import os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+import celery
+args = sys.argv[1:]
+soft = os.environ.pop("CELERY_OPERATOR_SOFT_SHUTDOWN_TIMEOUT", "")
+if soft and celery.VERSION >= (5, 5):
+    os.environ.setdefault("REMAP_SIGTERM", "SIGQUIT")
+    if "--" not in args:
+        args.append("--")
+    args.insert(args.index("--") + 1, "worker.soft_shutdown_timeout=" + soft)
+elif soft:
+    print(f"celery-operator: Celery {celery.__version__} has no soft shutdown: SIGTERM is a "
+          "warm shutdown (running tasks get terminationGracePeriodSeconds)", flush=True)
+sys.argv = ["celery", *args]
+from celery.__main__ import main
+sys.exit(main())
+"""
+SOFT_SHUTDOWN_ENV = "CELERY_OPERATOR_SOFT_SHUTDOWN_TIMEOUT"
+
+
 def worker_node_name(pool: CeleryWorkerPool) -> str:
     """Celery node name, unique per pod and naming its pool: <pool>.<namespace>@<pod>."""
     meta = pool.metadata
@@ -85,12 +117,9 @@ def build_worker_args(app: CeleryApp, pool: CeleryWorkerPool) -> list[str]:
         cut = s.extra_args.index("--")
         user_opts, user_config = s.extra_args[:cut], s.extra_args[cut + 1 :]
     args.extend(user_opts)
-    config = []
-    if s.shutdown.soft_shutdown_timeout > 0:
-        config.append(f"worker.soft_shutdown_timeout={s.shutdown.soft_shutdown_timeout}")
-    config.extend(user_config)
-    if config:
-        args.extend(["--", *config])
+    # The soft shutdown timeout is added by the launcher, on Celery >= 5.5 only.
+    if user_config:
+        args.extend(["--", *user_config])
     return args
 
 
@@ -107,8 +136,9 @@ def build_worker_env(
         # Kubernetes stops a pod with SIGTERM, which Celery treats as a warm shutdown that
         # waits for running tasks without limit (until the kubelet's SIGKILL). Remapped to
         # a cold shutdown, Celery >= 5.5 gives running tasks worker_soft_shutdown_timeout
-        # seconds, then stops them cleanly (acks_late tasks go back to the queue).
-        ours.append({"name": "REMAP_SIGTERM", "value": "SIGQUIT"})
+        # seconds, then stops them cleanly (acks_late tasks go back to the queue). The
+        # launcher remaps only on Celery >= 5.5 (LAUNCHER_SCRIPT).
+        ours.append({"name": SOFT_SHUTDOWN_ENV, "value": str(s.shutdown.soft_shutdown_timeout)})
     return c.merge_env(c.app_env(app, connection_secret), ours, s.env)
 
 
@@ -123,6 +153,9 @@ def build_liveness_probe(pool: CeleryWorkerPool) -> dict[str, Any]:
         "timeoutSeconds": p.timeout_seconds + 10,
         "failureThreshold": p.failure_threshold,
         "successThreshold": 1,
+        # A worker whose main process stopped answering cannot finish or acknowledge its
+        # tasks: it need not wait out the pod's grace (meant for a clean shutdown).
+        "terminationGracePeriodSeconds": p.termination_grace_period_seconds,
     }
 
 
@@ -152,6 +185,7 @@ def build_worker_deployment(
         build_worker_env(app, pool, connection_secret),
         s.resources,
     )
+    cont["command"] = ["python", "-c", LAUNCHER_SCRIPT]
     if s.env_from:
         cont["envFrom"] = [*cont.get("envFrom", []), *(dict(e) for e in s.env_from)]
     if s.probes.liveness.enabled:

@@ -1,0 +1,587 @@
+"""The product in real pods: installed by its Helm chart from the image built here, running
+the example Celery app (workers, beat, Flower) on the real node against a real Redis, and
+keeping Celery's promise through rollouts, scale-down and a broker outage.
+
+Nothing here runs on kwok or outside Kubernetes: the operator and both webhook replicas
+are pods under the chart's ServiceAccounts and RBAC, in a namespace enforcing Pod Security
+"restricted"; so are the app's pods. Every test that disturbs workers counts the tasks it
+sent, completed, duplicated and killed (tests/support/ledger.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from celery import Celery
+from testenv.realnode import GATEWAY, NODE_NAME, RealNode
+
+from tests.support.brokers import RedisServer
+from tests.support.cluster import Cluster, run_cli, wait_for
+from tests.support.ledger import Ledger, Tally
+from tests.support.podwatch import PodWatch
+from tests.support.realnode import PLACEMENT, image
+
+pytestmark = pytest.mark.timeout(600)
+
+RELEASE = "celery-operator"
+OPERATOR_NS = "celery-operator-system"
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+FLOWER_USER, FLOWER_PASSWORD = "admin", secrets.token_hex(8)
+# The "long" pool: tasks of TASK_SECONDS fit in its soft shutdown, which fits in its grace.
+TASK_SECONDS = 10
+SOFT_SHUTDOWN = 20
+GRACE = 40
+PROBE_PERIOD = 5  # the "default" pool's liveness probe, short for the outage tests
+
+
+def helm(cluster: Cluster, *args: str, input: str | None = None, timeout: float = 300) -> str:
+    assert cluster.helm_bin is not None, "helm not found: run `make testenv`"
+    r = run_cli(cluster.helm_bin, cluster.kubeconfig, *args, input=input, timeout=timeout)
+    assert r.code == 0, f"helm {' '.join(args)}: {r.stderr}"
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: Cluster, real_node: RealNode) -> Iterator[str]:
+    """`helm install` of the chart, its image built here, both components on the real node."""
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": OPERATOR_NS, "labels": RESTRICTED},
+        }
+    )
+    ref = image("operator")
+    repo, tag = ref.rsplit(":", 1)
+    values = {
+        "image": {"repository": repo, "tag": tag, "pullPolicy": "Never"},
+        "operator": {**PLACEMENT},
+        "webhook": {**PLACEMENT},
+    }
+    helm(
+        cluster,
+        "install",
+        RELEASE,
+        "charts/celery-operator",
+        "--namespace",
+        OPERATOR_NS,
+        "--values",
+        "-",
+        "--wait",
+        "--timeout=180s",
+        input=json.dumps(values),
+    )
+    try:
+        yield OPERATOR_NS
+    finally:
+        helm(cluster, "uninstall", RELEASE, "--namespace", OPERATOR_NS, "--wait")
+        cluster.run("delete", "namespace", OPERATOR_NS, "--wait=false")
+
+
+@dataclass
+class Shop:
+    """The example app, running on the real node, and a producer of its tasks."""
+
+    cluster: Cluster
+    namespace: str
+    redis: RedisServer
+    producer: Celery
+    ledgers: list[Ledger] = field(default_factory=list)
+
+    def ledger(self) -> Ledger:
+        client = self.redis.client(db=1)
+        client.delete("shop:events")
+        ledger = Ledger(client)
+        self.ledgers.append(ledger)
+        return ledger
+
+    def send(self, ledger: Ledger, task: str, args: list[Any], queue: str) -> str:
+        result = self.producer.send_task(task, args=args, queue=queue)
+        ledger.sent.append(result.id)
+        return str(result.id)
+
+    def pods(self, pool: str) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl(
+            "get",
+            "pods",
+            "-n",
+            self.namespace,
+            "-l",
+            f"celeryproject.org/pool={pool}",
+            "-o",
+            "json",
+        )
+        return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def wait_pool(self, pool: str, timeout: int = 120) -> None:
+        self.cluster.wait(
+            "--for=condition=Ready",
+            f"celeryworkerpool/{pool}",
+            "-n",
+            self.namespace,
+            timeout=timeout,
+        )
+        self.cluster.wait(
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            f"celeryproject.org/pool={pool}",
+            "-n",
+            self.namespace,
+            timeout=timeout,
+        )
+
+
+def app_objects(ns: str, redis: RedisServer) -> list[dict[str, Any]]:
+    def secret(name: str, key: str, value: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": ns},
+            "stringData": {key: value},
+        }
+
+    def pool(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "CeleryWorkerPool",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"appRef": {"name": "shop"}, **spec},
+        }
+
+    small = {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
+    return [
+        secret("shop-broker", "url", redis.url_for(GATEWAY, db=0)),
+        secret("shop-backend", "url", redis.url_for(GATEWAY, db=1)),
+        secret("shop-flower-auth", "auth", f"{FLOWER_USER}:{FLOWER_PASSWORD}"),
+        {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "CeleryApp",
+            "metadata": {"name": "shop", "namespace": ns},
+            "spec": {
+                "image": image("example-app"),
+                "imagePullPolicy": "Never",
+                "app": "shop.worker:app",
+                "broker": {"url": {"secretKeyRef": {"name": "shop-broker", "key": "url"}}},
+                "resultBackend": {"url": {"secretKeyRef": {"name": "shop-backend", "key": "url"}}},
+                "env": [{"name": "SHOP_BEAT_INTERVAL", "value": "2"}],
+                "podDefaults": PLACEMENT,
+                "beat": {"enabled": True},
+            },
+        },
+        pool(
+            "default",
+            {
+                "queues": ["celery"],
+                "replicas": 2,
+                "concurrency": 2,
+                "resources": small,
+                "probes": {
+                    "liveness": {
+                        "periodSeconds": PROBE_PERIOD,
+                        "timeoutSeconds": 5,
+                        "failureThreshold": 3,
+                    }
+                },
+            },
+        ),
+        pool(
+            "long",
+            {
+                "queues": ["long"],
+                "replicas": 2,
+                "concurrency": 1,
+                "prefetchMultiplier": 1,
+                "resources": small,
+                "shutdown": {
+                    "softShutdownTimeout": SOFT_SHUTDOWN,
+                    "terminationGracePeriodSeconds": GRACE,
+                },
+            },
+        ),
+        pool(
+            "oldest",
+            {
+                "queues": ["oldest"],
+                "replicas": 1,
+                "concurrency": 1,
+                "prefetchMultiplier": 1,
+                "image": image("example-app-oldest-celery"),
+                "resources": small,
+                "shutdown": {
+                    "softShutdownTimeout": SOFT_SHUTDOWN,
+                    "terminationGracePeriodSeconds": GRACE,
+                },
+            },
+        ),
+        {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "Flower",
+            "metadata": {"name": "shop", "namespace": ns},
+            "spec": {
+                "appRef": {"name": "shop"},
+                "basicAuth": {"secretRef": {"name": "shop-flower-auth", "key": "auth"}},
+            },
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def shop(cluster: Cluster, installed: str) -> Iterator[Shop]:
+    with RedisServer(password=secrets.token_hex(8), pod_host=GATEWAY) as redis:
+        ns = cluster.create_namespace("shop", labels=RESTRICTED)
+        started = time.monotonic()
+        cluster.apply(app_objects(ns, redis))
+        cluster.wait("--for=condition=Ready", "celeryapp/shop", "-n", ns, timeout=180)
+        for pool in ("default", "long", "oldest"):
+            cluster.wait(
+                "--for=condition=Ready",
+                "pod",
+                "-l",
+                f"celeryproject.org/pool={pool}",
+                "-n",
+                ns,
+                timeout=120,
+            )
+        print(
+            f"\nexample app: kubectl apply -> every worker pod Ready in {time.monotonic() - started:.1f}s"
+        )
+        producer = Celery(
+            "shop", broker=redis.url_for("127.0.0.1", 0), backend=redis.url_for("127.0.0.1", 1)
+        )
+        try:
+            yield Shop(cluster, ns, redis, producer)
+        finally:
+            producer.close()
+            cluster.run("delete", "namespace", ns, "--wait=false")
+
+
+def report(what: str, tally: Tally) -> None:
+    print(f"\n{what}: {tally}")
+
+
+def assert_exactly_once(ledger: Ledger, timeout: float) -> Tally:
+    wait_for("every task sent to finish", ledger.done, timeout=timeout)
+    tally = ledger.tally()
+    assert tally.exactly_once, str(tally)
+    return tally
+
+
+def assert_no_sigkill(watch: PodWatch, pods: list[str]) -> None:
+    ends = watch.terminations()
+    for name in pods:
+        for t in ends.get(name, []):
+            assert t.get("exitCode") == 0, f"{name} ended {t}"
+
+
+# ---- installed like a user ------------------------------------------------------------------
+def test_operator_and_webhook_run_in_cluster_under_the_chart(
+    cluster: Cluster, installed: str
+) -> None:
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", installed, "-o", "json"))["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"]
+    components = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in running)
+    assert components == ["operator", "webhook", "webhook"]
+    for p in running:
+        assert p["spec"]["nodeName"] == NODE_NAME
+        c = p["spec"]["containers"][0]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert p["spec"]["serviceAccountName"].startswith(RELEASE)
+        assert all(s["ready"] for s in p["status"]["containerStatuses"])
+    # The apiserver calls the webhook through its Service (the chart's default), with the
+    # certificates the webhook issued itself.
+    vwc = json.loads(cluster.kubectl("get", "validatingwebhookconfigurations", "-o", "json"))
+    ours = [
+        w for c in vwc["items"] for w in c["webhooks"] if w["name"].endswith("celeryproject.org")
+    ]
+    assert ours
+    assert all("service" in w["clientConfig"] and w["clientConfig"].get("caBundle") for w in ours)
+
+
+def test_a_bad_spec_is_refused_by_the_webhook_in_its_pod(cluster: Cluster, shop: Shop) -> None:
+    """Cross-object validation, which only the webhook can do: the app does not admit pools
+    from this namespace (its workerPoolPolicy is the default: its own namespace only)."""
+    other = cluster.create_namespace("team")
+    try:
+        pool = {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "CeleryWorkerPool",
+            "metadata": {"name": "intruder", "namespace": other},
+            "spec": {
+                "appRef": {"name": "shop", "namespace": shop.namespace},
+                "queues": ["celery"],
+            },
+        }
+        r = cluster.run("apply", "-f", "-", input=json.dumps(pool))
+        assert r.code != 0
+        assert (
+            'admission webhook "vceleryworkerpool.celeryproject.org" denied the request' in r.stderr
+        )
+        assert f"does not admit pools from namespace {other}" in r.stderr
+    finally:
+        cluster.run("delete", "namespace", other, "--wait=false")
+
+
+# ---- a real Celery app end to end ------------------------------------------------------------
+def flower_get(url: str, auth: tuple[str, str] | None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url)
+    if auth:
+        req.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_workers_beat_and_flower_run_the_app(cluster: Cluster, shop: Shop) -> None:
+    ledger = shop.ledger()
+    ids = [shop.send(ledger, "shop.add", [i, i], "celery") for i in range(10)]
+    results = [shop.producer.AsyncResult(t).get(timeout=60) for t in ids]
+    assert results == [2 * i for i in range(10)]
+    hosts = {h for t in ids for h in ledger.hosts_of(t)}
+    assert hosts
+    assert all(h.startswith(f"default.{shop.namespace}@shop-default-") for h in hosts)
+
+    # beat sends shop.tick every 2 s; the default pool's workers run it.
+    def ticks() -> int:
+        return sum(1 for e in ledger.events() if e["task"] == "shop.tick")
+
+    wait_for("three beat ticks executed", lambda: ticks() >= 3, timeout=60)
+
+    # Flower, through its Service (kube-proxy on the real node), behind basic auth.
+    svc = cluster.get("service", "shop-flower", shop.namespace)
+    base = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    assert flower_get(f"{base}/api/workers", None)[0] == 401
+    assert flower_get(f"{base}/", None)[0] == 401
+    assert flower_get(f"{base}/", (FLOWER_USER, FLOWER_PASSWORD))[0] == 200
+    workers = wait_for(
+        "Flower to list the workers",
+        lambda: (
+            (
+                w := json.loads(
+                    flower_get(f"{base}/api/workers?refresh=1", (FLOWER_USER, FLOWER_PASSWORD))[1]
+                    or b"{}"
+                )
+            )
+            and len([n for n in w if n.startswith("default.")]) == 2
+            and w
+        ),
+        timeout=60,
+    )
+    pools = {n.split(".")[0] for n in workers}
+    assert {"default", "long"} <= pools
+
+
+# ---- nothing lost on rollout or scale-down -------------------------------------------------
+def start_long_tasks(shop: Shop, ledger: Ledger, queue: str, n: int, seconds: float) -> None:
+    for i in range(n):
+        shop.send(ledger, "shop.long", [seconds, f"{queue}-{i}"], queue)
+    wait_for(f"{n} long tasks running", lambda: ledger.tally().started >= n, timeout=60)
+
+
+def patch_env(cluster: Cluster, ns: str, pool: str, value: str) -> None:
+    cluster.kubectl(
+        "patch",
+        "celeryworkerpool",
+        pool,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"env": [{"name": "ROLLOUT", "value": value}]}}),
+    )
+
+
+def test_rollout_finishes_every_running_task(cluster: Cluster, shop: Shop) -> None:
+    ledger = shop.ledger()
+    before = [p["metadata"]["name"] for p in shop.pods("long")]
+    with PodWatch(cluster, shop.namespace, "celeryproject.org/pool=long") as watch:
+        start_long_tasks(shop, ledger, "long", 2, TASK_SECONDS)
+        patch_env(cluster, shop.namespace, "long", "1")
+        # More work arrives during the rollout.
+        for i in range(4):
+            shop.send(ledger, "shop.long", [1, f"during-{i}"], "long")
+        tally = assert_exactly_once(ledger, timeout=GRACE * 3)
+        wait_for(
+            "the old workers gone",
+            lambda: not set(before) & {p["metadata"]["name"] for p in shop.pods("long")},
+            timeout=GRACE * 2,
+        )
+        wait_for(
+            "the old workers' exit codes",
+            lambda: all(n in watch.terminations() for n in before),
+            timeout=30,
+        )
+        assert_no_sigkill(watch, before)
+    report("rollout (Celery 5.5, soft shutdown)", tally)
+
+
+def test_rollout_on_the_oldest_supported_celery(cluster: Cluster, shop: Shop) -> None:
+    """Celery 5.4 has no soft shutdown: SIGQUIT would kill the task at once. The launcher
+    keeps SIGTERM a warm shutdown there, so the task still finishes."""
+    ledger = shop.ledger()
+    before = [p["metadata"]["name"] for p in shop.pods("oldest")]
+    with PodWatch(cluster, shop.namespace, "celeryproject.org/pool=oldest") as watch:
+        start_long_tasks(shop, ledger, "oldest", 1, TASK_SECONDS)
+        patch_env(cluster, shop.namespace, "oldest", "1")
+        tally = assert_exactly_once(ledger, timeout=GRACE * 3)
+        wait_for(
+            "the old worker's exit code",
+            lambda: all(n in watch.terminations() for n in before),
+            timeout=GRACE * 2,
+        )
+        assert_no_sigkill(watch, before)
+    logs = cluster.kubectl(
+        "logs", "-n", shop.namespace, "-l", "celeryproject.org/pool=oldest", "--tail=-1"
+    )
+    assert "has no soft shutdown" in logs
+    report("rollout (Celery 5.4, warm shutdown)", tally)
+
+
+def test_scale_down_finishes_every_running_task(cluster: Cluster, shop: Shop) -> None:
+    cluster.kubectl("scale", "celeryworkerpool", "long", "-n", shop.namespace, "--replicas=3")
+    wait_for("3 long workers", lambda: len(shop.pods("long")) == 3, timeout=60)
+    shop.wait_pool("long")
+    ledger = shop.ledger()
+    before = [p["metadata"]["name"] for p in shop.pods("long")]
+    with PodWatch(cluster, shop.namespace, "celeryproject.org/pool=long") as watch:
+        start_long_tasks(shop, ledger, "long", 3, TASK_SECONDS)
+        cluster.kubectl("scale", "celeryworkerpool", "long", "-n", shop.namespace, "--replicas=1")
+        tally = assert_exactly_once(ledger, timeout=GRACE * 3)
+        wait_for("one long worker", lambda: len(shop.pods("long")) == 1, timeout=GRACE * 2)
+        gone = [n for n in before if n not in {p["metadata"]["name"] for p in shop.pods("long")}]
+        assert len(gone) == 2
+        wait_for(
+            "the removed workers' exit codes",
+            lambda: all(n in watch.terminations() for n in gone),
+            timeout=30,
+        )
+        assert_no_sigkill(watch, gone)
+    report("scale-down 3 -> 1", tally)
+    cluster.kubectl("scale", "celeryworkerpool", "long", "-n", shop.namespace, "--replicas=2")
+
+
+def test_a_task_longer_than_the_soft_shutdown_is_requeued_and_run_again(
+    cluster: Cluster, shop: Shop
+) -> None:
+    """What docs/operations.md says: past softShutdownTimeout the worker stops the task;
+    with task_acks_late (the example app sets it) the message returns to the queue and
+    another worker runs the task again from the start. Nothing is lost; it runs twice."""
+    shop.wait_pool("long")
+    ledger = shop.ledger()
+    task = shop.send(ledger, "shop.long", [SOFT_SHUTDOWN + 10, "too-long"], "long")
+    wait_for("the task running", lambda: ledger.tally().started >= 1, timeout=60)
+    first = ledger.hosts_of(task)[0]
+    pod = first.split("@", 1)[1]
+    cluster.kubectl("delete", "pod", pod, "-n", shop.namespace, "--wait=false")
+    wait_for("the task to finish", ledger.done, timeout=GRACE + SOFT_SHUTDOWN + 60)
+    events = [e for e in ledger.events() if e["id"] == task]
+    starts = [e["host"] for e in events if e["event"] == "started"]
+    finishes = [e["host"] for e in events if e["event"] == "finished"]
+    assert len(starts) == 2, events
+    assert starts[0] == first, events
+    assert starts[1] != first, events
+    assert finishes == [starts[1]], events
+    report("task longer than softShutdownTimeout", ledger.tally())
+
+
+def test_a_worker_stopped_while_it_boots_goes_at_once(cluster: Cluster, shop: Shop) -> None:
+    """SIGTERM during the app's import (before Celery's handlers exist) ends the worker:
+    PID 1 would ignore it, and the pod would consume tasks until SIGKILLed at its grace."""
+    cluster.apply(
+        {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "CeleryWorkerPool",
+            "metadata": {"name": "slowboot", "namespace": shop.namespace},
+            "spec": {
+                "appRef": {"name": "shop"},
+                "queues": ["slowboot"],
+                "replicas": 1,
+                "env": [{"name": "SHOP_IMPORT_DELAY", "value": "30"}],
+                "shutdown": {"terminationGracePeriodSeconds": 120},
+            },
+        }
+    )
+    try:
+        pod = wait_for(
+            "the slow worker's container running",
+            lambda: next(
+                (
+                    p["metadata"]["name"]
+                    for p in shop.pods("slowboot")
+                    if (p["status"].get("containerStatuses") or [{}])[0]
+                    .get("state", {})
+                    .get("running")
+                ),
+                None,
+            ),
+            timeout=60,
+        )
+        started = time.monotonic()
+        cluster.kubectl("delete", "pod", pod, "-n", shop.namespace, "--wait=true", timeout=150)
+        took = time.monotonic() - started
+        assert took < 15, f"a booting worker took {took:.0f}s to stop (its grace is 120 s)"
+    finally:
+        cluster.run("delete", "celeryworkerpool", "slowboot", "-n", shop.namespace)
+
+
+# ---- probes in practice -------------------------------------------------------------------
+def restarts(shop: Shop) -> dict[str, int]:
+    out = json.loads(shop.cluster.kubectl("get", "pods", "-n", shop.namespace, "-o", "json"))
+    return {
+        p["metadata"]["name"]: sum(
+            c.get("restartCount", 0) for c in p["status"].get("containerStatuses") or []
+        )
+        for p in out["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def test_broker_outage_restarts_nothing(cluster: Cluster, shop: Shop) -> None:
+    shop.wait_pool("default")
+    before = restarts(shop)
+    shop.redis.stop()
+    try:
+        time.sleep(PROBE_PERIOD * 5)  # the outage itself: longer than 3 liveness periods
+    finally:
+        shop.redis.start()
+    assert restarts(shop) == before  # workers, beat and Flower all rode it out
+    ledger = shop.ledger()
+    task = shop.send(ledger, "shop.add", [20, 22], "celery")
+    assert shop.producer.AsyncResult(task).get(timeout=90) == 42
+
+
+def test_a_hung_worker_is_restarted(cluster: Cluster, shop: Shop, real_node: RealNode) -> None:
+    shop.wait_pool("default")
+    target = shop.pods("default")[0]
+    pod = target["metadata"]["name"]
+    # The worker's main process stops answering, as a hang would: SIGSTOP from the node
+    # (the container's own PID 1 ignores signals sent from inside its PID namespace).
+    os.kill(
+        real_node.container_pid(target["status"]["containerStatuses"][0]["containerID"]),
+        signal.SIGSTOP,
+    )
+    wait_for(
+        "the kubelet to restart the hung worker",
+        lambda: restarts(shop).get(pod, 0) >= 1,
+        timeout=PROBE_PERIOD * 3 + 60,
+    )
+    events = cluster.kubectl(
+        "get", "events", "-n", shop.namespace, "--field-selector", f"involvedObject.name={pod}"
+    )
+    assert "did not answer a ping" in events
