@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -224,6 +225,7 @@ def up() -> int:
 def down() -> int:
     stop(WEBHOOK_PID, "webhook")
     stop(OPERATOR_PID, "operator")
+    stop(REDIS_PID, "redis")
     return cp.down()
 
 
@@ -235,18 +237,114 @@ EXAMPLES = (
 )
 
 
+REDIS_PID = RUN / "redis.pid"
+REDIS_PORT = int(os.environ.get("CELERY_OPERATOR_DEV_REDIS_PORT", "16379"))
+REDIS_PASSWORD = "change-me"
+
+
+def start_redis() -> str:
+    """The demo's broker: a Redis on the real node's bridge (pods reach it there; there is
+    no cluster DNS) and on 127.0.0.1 (for you). Returns the URL pods use, without a db."""
+    from testenv.realnode import GATEWAY
+
+    if not _alive(REDIS_PID):
+        proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(REDIS_PORT),
+                "--bind",
+                f"127.0.0.1 {GATEWAY}",
+                "--requirepass",
+                REDIS_PASSWORD,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=(RUN / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        REDIS_PID.write_text(f"{proc.pid}\n")
+    return f"redis://:{REDIS_PASSWORD}@{GATEWAY}:{REDIS_PORT}"
+
+
+def run_examples_on_the_real_node(redis_url: str) -> None:
+    """The examples as written run an image from a registry on kwok; here the shop app
+    runs the example app built from examples/app/ on the real node, with the demo Redis."""
+    from testenv import images
+    from testenv.realnode import NODE_LABEL, TAINT
+
+    for secret, db in (("shop-broker", 0), ("shop-backend", 1)):
+        kubectl(
+            "patch", "secret", secret, "-n", "shop", "--type=merge",
+            "-p", json.dumps({"stringData": {"url": f"{redis_url}/{db}"}}),
+        )  # fmt: skip
+    placement = {
+        "nodeSelector": {NODE_LABEL: "true"},
+        "tolerations": [{**TAINT, "operator": "Equal"}],
+    }
+    spec = {
+        "image": images.plan()["example-app"].ref,
+        "imagePullPolicy": "Never",
+        "podDefaults": {"labels": {"team": "platform"}, **placement},
+    }
+    kubectl(
+        "patch", "celeryapp", "shop", "-n", "shop", "--type=merge", "-p", json.dumps({"spec": spec})
+    )
+
+
+def send_a_task() -> str:
+    from celery import Celery
+
+    local = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{REDIS_PORT}"
+    app = Celery("shop", broker=f"{local}/0", backend=f"{local}/1")
+    try:
+        result = app.send_task("shop.add", args=(2, 3))
+        value = result.get(timeout=120)
+        who = [e for e in _events(local) if e.get("id") == result.id]
+        host = who[0]["host"] if who else "?"
+        return f"shop.add(2, 3) = {value}, executed by {host}"
+    finally:
+        app.close()
+
+
+def _events(url: str) -> list[dict[str, object]]:
+    import redis
+
+    with redis.Redis.from_url(f"{url}/1") as r:
+        return [json.loads(e) for e in r.lrange("shop:events", 0, -1)]
+
+
 def demo() -> int:
     if up() != 0:
         return 1
+    redis_url = start_redis()
     started = time.monotonic()
     for path in EXAMPLES:
         print(kubectl("apply", "-f", str(ROOT / path)), end="")
-    kubectl("wait", "--for=condition=Ready", "celeryapp/shop", "-n", "shop", "--timeout=120s")
-    kubectl("wait", "--for=condition=Ready", "celeryworkerpool", "--all", "-A", "--timeout=120s")
+    run_examples_on_the_real_node(redis_url)
+    kubectl("wait", "--for=condition=Ready", "celeryapp/shop", "-n", "shop", "--timeout=180s")
+    kubectl("wait", "--for=condition=Ready", "celeryworkerpool", "--all", "-A", "--timeout=180s")
+    kubectl(
+        "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/managed-by=celery-operator",
+        "-A", "--timeout=180s",
+    )  # fmt: skip
     print(f"\nall Ready {time.monotonic() - started:.1f}s after kubectl apply\n")
     print("$ kubectl get celery -A")
     print(kubectl("get", "celery", "-A"))
-    print(f"export KUBECONFIG={KUBECONFIG}   # then: kubectl get celery -A; make dev-down to stop")
+    print("$ kubectl get pods -A -l app.kubernetes.io/managed-by=celery-operator -o wide")
+    print(
+        kubectl(
+            "get", "pods", "-A", "-l", "app.kubernetes.io/managed-by=celery-operator", "-o", "wide"
+        )
+    )
+    print(send_a_task())
+    print(
+        f"\nexport KUBECONFIG={KUBECONFIG}   # then: kubectl get celery -A; make dev-down to stop"
+    )
     return 0
 
 

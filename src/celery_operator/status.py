@@ -57,6 +57,64 @@ def is_true(status: Mapping[str, Any] | None, type_: str) -> bool:
     return c is not None and c.get("status") == "True"
 
 
+# ---- Pods: why they do not run -----------------------------------------------------------
+# Waiting reasons of a container that will not start or keeps stopping by itself: what a
+# user needs to read in the status instead of "0/1 replicas ready".
+POD_PROBLEM_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "Unschedulable",
+    }
+)
+MAX_PROBLEM_MESSAGE = 600
+
+
+def _clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters: its start (what and why) and its end (a
+    log's last words), the middle cut out."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = limit // 3
+    return text[:head] + " ... " + text[-(limit - head - 5) :]
+
+
+def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(reason, message) when a pod cannot run, from its status; None when it can or may.
+
+    CrashLoopBackOff carries the container's last exit: its code, reason and message (the
+    tail of its log, with terminationMessagePolicy FallbackToLogsOnError)."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    st = pod.get("status") or {}
+    statuses = [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = str(waiting.get("reason") or "")
+        if reason not in POD_PROBLEM_REASONS:
+            continue
+        msg = f"pod {name}: container {cs.get('name')}: {reason}"
+        if waiting.get("message"):
+            msg += f": {waiting['message']}"
+        last = (cs.get("lastState") or {}).get("terminated")
+        if last:
+            msg += f"; last exit code {last.get('exitCode')} ({last.get('reason', '')})"
+            if last.get("message"):
+                msg += f": {_clip(str(last['message']), 400)}"
+        return reason, _clip(msg, MAX_PROBLEM_MESSAGE)
+    for c in st.get("conditions") or []:
+        unschedulable = c.get("status") == "False" and c.get("reason") == "Unschedulable"
+        if c.get("type") == "PodScheduled" and unschedulable:
+            return "Unschedulable", _clip(f"pod {name}: {c.get('message', '')}", 600)
+    return None
+
+
 # ---- Deployments ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rollout:
@@ -102,7 +160,9 @@ def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
     )
 
 
-def _rollout_conditions(what: str, r: Rollout) -> list[dict[str, Any]]:
+def _rollout_conditions(
+    what: str, r: Rollout, problem: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
     if not r.exists:
         return [
             condition(READY, False, "Creating", f"the {what} Deployment does not exist yet"),
@@ -119,8 +179,19 @@ def _rollout_conditions(what: str, r: Rollout) -> list[dict[str, Any]]:
             condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
             condition(RECONCILING, False, "Complete", "the latest spec is rolled out"),
         ]
+    ready_msg = f"{r.ready}/{r.desired} {what} replicas ready"
+    if problem is not None:
+        return [
+            condition(READY, False, problem[0], f"{ready_msg}; {problem[1]}"),
+            condition(
+                RECONCILING,
+                True,
+                "RollingOut",
+                f"{r.updated}/{r.desired} replicas on the latest spec, {r.ready} ready",
+            ),
+        ]
     return [
-        condition(READY, False, "Progressing", f"{r.ready}/{r.desired} {what} replicas ready"),
+        condition(READY, False, "Progressing", ready_msg),
         condition(
             RECONCILING,
             True,
@@ -137,6 +208,7 @@ def _child_conditions(
     r: Rollout,
     blocked: tuple[str, str] | None,
     paused: bool,
+    problem: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Accepted, Ready and Reconciling of a kind that binds to an app and runs a Deployment."""
     ok, reason, message = accepted
@@ -153,7 +225,7 @@ def _child_conditions(
             condition(READY, False, reason, not_running),
             condition(RECONCILING, False, reason, message),
         ]
-    conds += _rollout_conditions(what, r)
+    conds += _rollout_conditions(what, r, problem)
     if paused:
         conds[-1] = condition(
             RECONCILING, False, "Paused", "the app is paused: its children are not changed"
@@ -175,15 +247,23 @@ def pool_status(
     autoscaler: Mapping[str, Any] | None = None,
     scaling: tuple[bool, str, str] | None = None,
     paused: bool = False,
+    problem: tuple[str, str] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The pool's status. `blocked` (reason, message) means nothing could be applied;
-    `scaling` is the built-in scaler's ScalingActive condition."""
+    `scaling` is the built-in scaler's ScalingActive condition; `problem` is why a worker
+    pod cannot run (pod_problem), if one cannot."""
     now = now or now_iso()
     ok = accepted[0]
     r = rollout_of(deployment)
     conds = _child_conditions(
-        accepted, "worker", "no workers run while the pool is not accepted", r, blocked, paused
+        accepted,
+        "worker",
+        "no workers run while the pool is not accepted",
+        r,
+        blocked,
+        paused,
+        problem,
     )
     if ok and blocked is None and scaling is not None:
         conds.append(condition(SCALING_ACTIVE, scaling[0], scaling[1], scaling[2]))
@@ -211,13 +291,20 @@ def flower_status(
     url: str | None,
     blocked: tuple[str, str] | None = None,
     paused: bool = False,
+    problem: tuple[str, str] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     now = now or now_iso()
     ok = accepted[0]
     r = rollout_of(deployment)
     conds = _child_conditions(
-        accepted, "Flower", "Flower does not run while it is not accepted", r, blocked, paused
+        accepted,
+        "Flower",
+        "Flower does not run while it is not accepted",
+        r,
+        blocked,
+        paused,
+        problem,
     )
     return {
         "observedGeneration": generation,
@@ -239,6 +326,7 @@ class PoolView:
     ready_replicas: int
     ready: bool
     reconciling: bool
+    problem: str = ""  # "<reason>: <message>" when its pods cannot run
 
 
 @dataclass(frozen=True)
@@ -247,6 +335,15 @@ class FlowerView:
     ready: bool
     reconciling: bool
     url: str
+    problem: str = ""
+
+
+def _problem_of(status: Mapping[str, Any]) -> str:
+    """The Ready condition's reason and message when it is a pod problem, else ""."""
+    c = get_condition(status, READY)
+    if c is None or c.get("status") == "True" or c.get("reason") not in POD_PROBLEM_REASONS:
+        return ""
+    return f"{c.get('reason')}: {c.get('message', '')}"
 
 
 def pool_view(pool: Mapping[str, Any]) -> PoolView | None:
@@ -263,6 +360,7 @@ def pool_view(pool: Mapping[str, Any]) -> PoolView | None:
         ready_replicas=int(st.get("readyReplicas", 0)),
         ready=is_true(st, READY),
         reconciling=is_true(st, RECONCILING),
+        problem=_problem_of(st),
     )
 
 
@@ -273,6 +371,7 @@ def flower_view(flower: Mapping[str, Any]) -> FlowerView:
         ready=is_true(st, READY),
         reconciling=is_true(st, RECONCILING),
         url=str(st.get("url") or ""),
+        problem=_problem_of(st),
     )
 
 
@@ -292,6 +391,7 @@ def app_status(
     flower: FlowerView | None,
     beat_enabled: bool,
     beat_deployment: Mapping[str, Any] | None,
+    beat_problem: tuple[str, str] | None = None,
     invalid: str | None = None,
     blocked: tuple[str, str] | None = None,
     paused: bool = False,
@@ -302,15 +402,20 @@ def app_status(
     pools = sorted(pools, key=lambda p: (p.namespace, p.name))
     beat = rollout_of(beat_deployment) if beat_enabled else None
 
-    not_ready: list[str] = [f"pool {p.namespace}/{p.name}" for p in pools if not p.ready]
+    def named(what: str, problem: str) -> str:
+        return f"{what} ({_clip(problem, 300)})" if problem else what
+
+    not_ready: list[str] = [
+        named(f"pool {p.namespace}/{p.name}", p.problem) for p in pools if not p.ready
+    ]
     reconciling = any(p.reconciling for p in pools)
     if flower is not None:
         if not flower.ready:
-            not_ready.append(f"flower {flower.name}")
+            not_ready.append(named(f"flower {flower.name}", flower.problem))
         reconciling = reconciling or flower.reconciling
     if beat is not None:
         if not beat.complete:
-            not_ready.append("beat")
+            not_ready.append(named("beat", ": ".join(beat_problem) if beat_problem else ""))
         reconciling = reconciling or (beat.exists and not beat.complete and not beat.failed)
 
     if invalid is not None:

@@ -540,6 +540,78 @@ def test_a_worker_stopped_while_it_boots_goes_at_once(cluster: Cluster, shop: Sh
         cluster.run("delete", "celeryworkerpool", "slowboot", "-n", shop.namespace)
 
 
+# ---- failures a user will meet ---------------------------------------------------------------
+def ready_condition(cluster: Cluster, kind: str, name: str, ns: str) -> dict[str, Any]:
+    st = cluster.get(kind, name, ns).get("status") or {}
+    return next((c for c in st.get("conditions") or [] if c["type"] == "Ready"), {})
+
+
+@pytest.mark.parametrize(
+    ("spec", "reason", "says"),
+    [
+        # Not on the node, and no registry to pull it from.
+        (
+            {"image": "localhost/celery-operator/no-such-image:1"},
+            ("ErrImageNeverPull",),  # the app's imagePullPolicy: Never
+            "no-such-image",
+        ),
+        # The app does not import (here: its package is not on the path): the worker
+        # exits, again and again, and its last words are in the status.
+        (
+            {"env": [{"name": "PYTHONPATH", "value": "/nowhere"}]},
+            ("CrashLoopBackOff",),
+            "No module named 'shop'",
+        ),
+    ],
+    ids=["image-missing", "app-does-not-import"],
+)
+def test_why_workers_do_not_run_is_in_the_pool_and_app_status(
+    cluster: Cluster, shop: Shop, spec: dict[str, Any], reason: tuple[str, ...], says: str
+) -> None:
+    cluster.apply(
+        {
+            "apiVersion": "celeryproject.org/v1alpha1",
+            "kind": "CeleryWorkerPool",
+            "metadata": {"name": "broken", "namespace": shop.namespace},
+            "spec": {
+                "appRef": {"name": "shop"},
+                "queues": ["broken"],
+                "replicas": 1,
+                "probes": {"liveness": {"enabled": False}},
+                **spec,
+            },
+        }
+    )
+    try:
+        cond = wait_for(
+            f"the pool's Ready reason to be one of {reason}",
+            lambda: (
+                (c := ready_condition(cluster, "celeryworkerpool", "broken", shop.namespace)).get(
+                    "reason"
+                )
+                in reason
+                and says in c.get("message", "")
+                and c
+            ),
+            timeout=120,
+        )
+        assert cond["status"] == "False"
+        app = wait_for(
+            "the app's Ready message to name the pool and why",
+            lambda: (
+                (c := ready_condition(cluster, "celeryapp", "shop", shop.namespace))
+                and f"pool {shop.namespace}/broken (" in c.get("message", "")
+                and says in c.get("message", "")
+                and c
+            ),
+            timeout=60,
+        )
+        assert app["status"] == "False"
+        print(f"\n{cond['reason']}: {cond['message']}")
+    finally:
+        cluster.run("delete", "celeryworkerpool", "broken", "-n", shop.namespace)
+
+
 # ---- probes in practice -------------------------------------------------------------------
 def restarts(shop: Shop) -> dict[str, int]:
     out = json.loads(shop.cluster.kubectl("get", "pods", "-n", shop.namespace, "-o", "json"))

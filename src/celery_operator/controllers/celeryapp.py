@@ -77,6 +77,7 @@ def reconcile_app(ctx: Context, key: Key, *, apply: bool = True) -> None:
         flower=flower,
         beat_enabled=beat_enabled,
         beat_deployment=beat,
+        beat_problem=ctx.cache.pod_problem((key[0], "beat", key[1])),
         invalid=invalid,
         blocked=blocked,
         paused=paused,

@@ -138,7 +138,10 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     def done(**kw: Any) -> None:
         if not tracked and ctx.scaler is not None:
             ctx.scaler.untrack(key)
-        patch_status_if_changed(body, KIND, pool_status(generation=generation, old=old, **kw))
+        problem = ctx.cache.pod_problem((key[0], "worker", key[1]))
+        patch_status_if_changed(
+            body, KIND, pool_status(generation=generation, old=old, problem=problem, **kw)
+        )
 
     try:
         pool = CeleryWorkerPool.model_validate(body)

@@ -49,6 +49,7 @@ def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
             url=url,
             blocked=blocked,
             paused=paused,
+            problem=ctx.cache.pod_problem((key[0], "flower", key[1])),
         )
         patch_status_if_changed(body, KIND, st)
 

@@ -27,8 +27,15 @@ from celery_operator.controllers import celeryapp, celeryworkerpool, flower
 from celery_operator.controllers.celeryworkerpool import CHILD_STATUS_DELAY
 from celery_operator.controllers.context import Context
 from celery_operator.controllers.runtime import Cache, WorkQueue, controller_ref
-from celery_operator.render.common import MANAGED_BY
+from celery_operator.render.common import (
+    LABEL_APP,
+    LABEL_COMPONENT,
+    LABEL_FLOWER,
+    LABEL_POOL,
+    MANAGED_BY,
+)
 from celery_operator.scaling.scaler import BuiltinScaler
+from celery_operator.status import pod_problem
 
 log = logging.getLogger("celery_operator")
 
@@ -106,6 +113,33 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
         ctx.queue.add_soon(
             "app-status" if task == "app" else f"{task}-status", key, CHILD_STATUS_DELAY
         )
+
+
+# A pod's component -> the status task of its owner, and the label naming the owner.
+POD_OWNER = {
+    "worker": ("pool-status", LABEL_POOL),
+    "beat": ("app-status", LABEL_APP),
+    "flower": ("flower-status", LABEL_FLOWER),
+}
+
+
+def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
+    """A pod of ours changed: if whether (or why) it cannot run changed, its owner's status
+    says so (ImagePullBackOff, CrashLoopBackOff with the last exit, Unschedulable ...)."""
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    component = str(labels.get(LABEL_COMPONENT, ""))
+    if component not in POD_OWNER:
+        return
+    task, label = POD_OWNER[component]
+    owner_name = str(labels.get(label, ""))
+    if not owner_name:
+        return
+    ns = str(meta.get("namespace", ""))
+    gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+    problem = None if gone else pod_problem(body)
+    if ctx.cache.set_pod_problem((ns, component, owner_name), str(meta["name"]), problem):
+        ctx.queue.add_soon(task, (ns, owner_name), CHILD_STATUS_DELAY)
 
 
 def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
@@ -190,6 +224,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
             spy(on_child_event)
         )
     kopf.on.event("", "v1", "namespaces", registry=registry)(spy(on_namespace_event))
+    kopf.on.event("", "v1", "pods", labels=OWNED_LABELS, registry=registry)(spy(on_pod_event))
     background: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)

@@ -76,6 +76,35 @@ class Cache:
     )
     # Uids of children seen deleted (the newest MAX_TOMBSTONES), see put_child.
     _gone: dict[str, None] = field(default_factory=dict)
+    # Pods that cannot run, by (namespace, component, owner name): pod name -> (reason,
+    # message). Only pods with a problem are kept: a healthy pod costs nothing here.
+    pod_problems: dict[tuple[str, str, str], dict[str, tuple[str, str]]] = field(
+        default_factory=dict
+    )
+
+    def set_pod_problem(
+        self, owner: tuple[str, str, str], pod: str, problem: tuple[str, str] | None
+    ) -> bool:
+        """Records (or clears) a pod's problem; True when that changes what is recorded."""
+        with self.lock:
+            pods = self.pod_problems.get(owner, {})
+            if pods.get(pod) == problem:
+                return False
+            if problem is None:
+                pods.pop(pod, None)
+            else:
+                pods[pod] = problem
+            if pods:
+                self.pod_problems[owner] = pods
+            else:
+                self.pod_problems.pop(owner, None)
+            return True
+
+    def pod_problem(self, owner: tuple[str, str, str]) -> tuple[str, str] | None:
+        """The problem of the owner's first pod (by name) that cannot run, if any."""
+        with self.lock:
+            pods = self.pod_problems.get(owner)
+            return pods[min(pods)] if pods else None
 
     def get(self, table: str, key: Key) -> dict[str, Any] | None:
         with self.lock:

@@ -46,6 +46,8 @@ def operator_rules() -> list[dict[str, Any]]:
             "resources": ["secrets"],
             "verbs": ["get", "create", "patch", "update", "delete"],
         },
+        # Its workers', beat's and Flower's pods: why they cannot run, for the status.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
         # workerPoolPolicy selects namespaces by label.
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
         # kopf discovers resources (KEDA's may appear later) through CRDs: read only.

@@ -260,6 +260,9 @@ def container(
         "env": env,
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [dict(TMP_MOUNT)],
+        # A container that crashes leaves the tail of its log in its status, which the
+        # operator reports in Ready's message (an app path that does not import, ...).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if app.spec.env_from:
         c["envFrom"] = [dict(e) for e in app.spec.env_from]

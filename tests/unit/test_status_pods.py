@@ -1,0 +1,159 @@
+"""Why a pod cannot run, as the status tells it (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from celery_operator.status import (
+    app_status,
+    pod_problem,
+    pool_status,
+    pool_view,
+)
+
+
+def pod(state: dict[str, Any], last: dict[str, Any] | None = None, **status: Any) -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "worker", "state": state}
+    if last:
+        cs["lastState"] = {"terminated": last}
+    return {"metadata": {"name": "shop-default-1"}, "status": {"containerStatuses": [cs], **status}}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (pod({"running": {}}), None),
+        (pod({"waiting": {"reason": "ContainerCreating"}}), None),
+        (
+            pod(
+                {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "x"'}}
+            ),
+            (
+                "ImagePullBackOff",
+                'pod shop-default-1: container worker: ImagePullBackOff: Back-off pulling image "x"',
+            ),
+        ),
+        (
+            pod({"waiting": {"reason": "ErrImageNeverPull", "message": "image not present"}}),
+            (
+                "ErrImageNeverPull",
+                "pod shop-default-1: container worker: ErrImageNeverPull: image not present",
+            ),
+        ),
+        (
+            pod(
+                {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}},
+                {
+                    "exitCode": 1,
+                    "reason": "Error",
+                    "message": "Traceback ...\nModuleNotFoundError: No module named 'shop.nope'\n",
+                },
+            ),
+            (
+                "CrashLoopBackOff",
+                "pod shop-default-1: container worker: CrashLoopBackOff: back-off 10s; last exit code 1 "
+                "(Error): Traceback ... ModuleNotFoundError: No module named 'shop.nope'",
+            ),
+        ),
+        (
+            {
+                "metadata": {"name": "p"},
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/3 nodes are available: 3 Insufficient memory.",
+                        }
+                    ]
+                },
+            },
+            ("Unschedulable", "pod p: 0/3 nodes are available: 3 Insufficient memory."),
+        ),
+    ],
+)
+def test_pod_problem(body: dict[str, Any], expected: tuple[str, str] | None) -> None:
+    assert pod_problem(body) == expected
+
+
+def test_a_long_log_tail_is_clipped_from_the_start() -> None:
+    body = pod(
+        {"waiting": {"reason": "CrashLoopBackOff"}}, {"exitCode": 1, "message": "x" * 5000 + " END"}
+    )
+    problem = pod_problem(body)
+    assert problem is not None
+    assert len(problem[1]) <= 600
+    assert problem[1].startswith("pod shop-default-1: container worker: CrashLoopBackOff")
+    assert problem[1].endswith("END")
+
+
+def deployment(ready: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": 1},
+        "status": {
+            "observedGeneration": 1,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": 1,
+        },
+    }
+
+
+def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
+    problem = ("CrashLoopBackOff", "pod p: container worker: CrashLoopBackOff; last exit code 2")
+    st = pool_status(
+        generation=1,
+        old=None,
+        accepted=(True, "Bound", "bound"),
+        app=("shop", "shop"),
+        deployment_name="shop-default",
+        deployment=deployment(0),
+        selector="x",
+        problem=problem,
+        now="t",
+    )
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "CrashLoopBackOff")
+    assert ready["message"] == f"0/1 worker replicas ready; {problem[1]}"
+    view = pool_view(
+        {
+            "metadata": {"name": "default", "namespace": "shop"},
+            "spec": {"queues": ["celery"]},
+            "status": st,
+        }
+    )
+    assert view is not None
+    app = app_status(
+        generation=1,
+        old=None,
+        pools=[view],
+        flower=None,
+        beat_enabled=True,
+        beat_deployment=deployment(0),
+        beat_problem=("ImagePullBackOff", "pod b: container beat: ImagePullBackOff"),
+        now="t",
+    )
+    msg = next(c for c in app["conditions"] if c["type"] == "Ready")["message"]
+    assert "pool shop/default (CrashLoopBackOff: 0/1 worker replicas ready; pod p:" in msg
+    assert "beat (ImagePullBackOff: pod b: container beat: ImagePullBackOff)" in msg
+
+
+def test_a_ready_pool_reports_no_problem_even_if_a_pod_has_one() -> None:
+    """A surplus pod that cannot run does not make a complete rollout unready."""
+    st = pool_status(
+        generation=1,
+        old=None,
+        accepted=(True, "Bound", "bound"),
+        app=("shop", "shop"),
+        deployment_name="shop-default",
+        deployment=deployment(1),
+        selector="x",
+        problem=("ImagePullBackOff", "pod q"),
+        now="t",
+    )
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Available")
