@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -128,8 +129,10 @@ class Image:
         return self.tarball.exists()
 
 
+@functools.cache
 def plan() -> dict[str, Image]:
-    """Every image with its key: cheap (hashes files), builds nothing."""
+    """Every image with its key: cheap (hashes files), builds nothing. Computed once per
+    process: a test session keeps the refs it started with while files are edited."""
     pause = Image("pause", key_of([HERE / "images" / "pause.c"], "pause: gcc -static -O2"))
     python = Image(
         "python",

@@ -18,8 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from testenv import images  # noqa: E402
 from testenv.controlplane import ControlPlane, TestenvError, find_binaries  # noqa: E402
 from testenv.realnode import RealNode  # noqa: E402
+
+# The images' refs as built before the session (make images); editing src/ or README.md
+# while the tests run must not make them look unbuilt.
+images.plan()
 
 from tests.support.cluster import Cluster  # noqa: E402
 

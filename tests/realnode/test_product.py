@@ -34,8 +34,11 @@ from tests.support.realnode import PLACEMENT, image
 
 pytestmark = pytest.mark.timeout(600)
 
-RELEASE = "celery-operator"
-OPERATOR_NS = "celery-operator-system"
+# Not the e2e suites' names (celery-operator in celery-operator-system, which they create
+# without Helm): a release of its own, as a second installation would be.
+RELEASE = "real"
+FULLNAME = "real-celery-operator"
+OPERATOR_NS = "celery-operator-real"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -305,9 +308,7 @@ def test_operator_and_webhook_run_in_cluster_under_the_chart(
     # The apiserver calls the webhook through its Service (the chart's default), with the
     # certificates the webhook issued itself.
     vwc = json.loads(cluster.kubectl("get", "validatingwebhookconfigurations", "-o", "json"))
-    ours = [
-        w for c in vwc["items"] for w in c["webhooks"] if w["name"].endswith("celeryproject.org")
-    ]
+    ours = [w for c in vwc["items"] if c["metadata"]["name"] == FULLNAME for w in c["webhooks"]]
     assert ours
     assert all("service" in w["clientConfig"] and w["clientConfig"].get("caBundle") for w in ours)
 
