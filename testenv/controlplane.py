@@ -38,6 +38,7 @@ import yaml
 from celery_operator.certs import pki
 from testenv import images as images_mod
 from testenv import realnode
+from testenv.paths import cache_dir
 from testenv.realnode import GATEWAY, RealNode, RealNodeError
 
 HERE = Path(__file__).resolve().parent
@@ -58,14 +59,6 @@ def versions() -> dict[str, str]:
             key, _, value = line.partition("=")
             out[key] = value
     return out
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("CELERY_OPERATOR_TESTENV_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "celery-operator" / "testenv"
 
 
 @dataclass(frozen=True)

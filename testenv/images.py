@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testenv.paths import cache_dir
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 REPO = "localhost/celery-operator"
@@ -62,14 +64,6 @@ PYTHON_PACKAGES = (
 
 class ImageError(RuntimeError):
     """A one-line reason why an image cannot be built here."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("CELERY_OPERATOR_TESTENV_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "celery-operator" / "testenv"
 
 
 def images_dir() -> Path:

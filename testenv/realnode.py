@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from celery_operator.certs import pki
+from testenv.paths import cache_dir
 
 if TYPE_CHECKING:
     from testenv.controlplane import ControlPlane
@@ -203,8 +204,6 @@ def _ours(point: str, roots: list[Path]) -> bool:
 
 
 def _roots() -> list[Path]:
-    from testenv.controlplane import cache_dir
-
     return [RUN, STATE, *HOST_PATHS, cache_dir() / "node"]
 
 
@@ -452,8 +451,9 @@ class RealNode:
     def containerd_sock(self) -> Path:
         return RUN / "containerd.sock"
 
-    def ctr(self, *args: str) -> str:
-        return _sh("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args).stdout
+    def ctr(self, *args: str, check: bool = True) -> str:
+        argv = ("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args)
+        return _sh(*argv, check=check).stdout
 
     def container_pid(self, container_id: str) -> int:
         """The host PID of a container's main process (`containerd://<id>` or `<id>`).
@@ -487,6 +487,10 @@ class RealNode:
         self._relay()
         self._wait_ready(deadline)
         self.timings["ready"] = time.monotonic() - t0
+        _log(
+            f"node {NODE_NAME} Ready {self.timings['ready']:.1f}s after start "
+            f"(containerd up and images imported after {self.timings['images']:.1f}s)"
+        )
 
     def stop(self) -> None:
         """Called by the ControlPlane after it has stopped its processes (ours among them)."""
@@ -534,8 +538,6 @@ class RealNode:
         write_sysctl("net.ipv4.ip_forward", "1")
 
     def _containerd(self) -> None:
-        from testenv.controlplane import cache_dir
-
         w = self.cp.workdir
         assert w is not None
         cni_conf = STATE / "cni" / "net.d"
@@ -614,29 +616,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         self.cp._wait("containerd", lambda: self.ctr("version") != "", time.monotonic() + 30)
         # Containers of a run that crashed: their processes are gone; drop the records.
         for cid in self.ctr("containers", "list", "--quiet").split():
-            _sh(
-                "ctr",
-                "--address",
-                str(self.containerd_sock),
-                "-n",
-                "k8s.io",
-                "tasks",
-                "delete",
-                "--force",
-                cid,
-                check=False,
-            )
-            _sh(
-                "ctr",
-                "--address",
-                str(self.containerd_sock),
-                "-n",
-                "k8s.io",
-                "containers",
-                "delete",
-                cid,
-                check=False,
-            )
+            self.ctr("tasks", "delete", "--force", cid, check=False)
+            self.ctr("containers", "delete", cid, check=False)
 
     def _import_images(self) -> None:
         present = set(self.ctr("images", "list", "--quiet").split())

@@ -149,21 +149,25 @@ class Shop:
         )
 
 
+def pool_of_shop(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "celeryproject.org/v1alpha1",
+        "kind": "CeleryWorkerPool",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"appRef": {"name": "shop"}, **spec},
+    }
+
+
 def app_objects(ns: str, redis: RedisServer) -> list[dict[str, Any]]:
+    def pool(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return pool_of_shop(ns, name, spec)
+
     def secret(name: str, key: str, value: str) -> dict[str, Any]:
         return {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": ns},
             "stringData": {key: value},
-        }
-
-    def pool(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "apiVersion": "celeryproject.org/v1alpha1",
-            "kind": "CeleryWorkerPool",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"appRef": {"name": "shop"}, **spec},
         }
 
     small = {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}}
@@ -505,18 +509,16 @@ def test_a_worker_stopped_while_it_boots_goes_at_once(cluster: Cluster, shop: Sh
     """SIGTERM during the app's import (before Celery's handlers exist) ends the worker:
     PID 1 would ignore it, and the pod would consume tasks until SIGKILLed at its grace."""
     cluster.apply(
-        {
-            "apiVersion": "celeryproject.org/v1alpha1",
-            "kind": "CeleryWorkerPool",
-            "metadata": {"name": "slowboot", "namespace": shop.namespace},
-            "spec": {
-                "appRef": {"name": "shop"},
+        pool_of_shop(
+            shop.namespace,
+            "slowboot",
+            {
                 "queues": ["slowboot"],
                 "replicas": 1,
                 "env": [{"name": "SHOP_IMPORT_DELAY", "value": "30"}],
                 "shutdown": {"terminationGracePeriodSeconds": 120},
             },
-        }
+        )
     )
     try:
         pod = wait_for(
@@ -570,18 +572,16 @@ def test_why_workers_do_not_run_is_in_the_pool_and_app_status(
     cluster: Cluster, shop: Shop, spec: dict[str, Any], reason: tuple[str, ...], says: str
 ) -> None:
     cluster.apply(
-        {
-            "apiVersion": "celeryproject.org/v1alpha1",
-            "kind": "CeleryWorkerPool",
-            "metadata": {"name": "broken", "namespace": shop.namespace},
-            "spec": {
-                "appRef": {"name": "shop"},
+        pool_of_shop(
+            shop.namespace,
+            "broken",
+            {
                 "queues": ["broken"],
                 "replicas": 1,
                 "probes": {"liveness": {"enabled": False}},
                 **spec,
             },
-        }
+        )
     )
     try:
         cond = wait_for(

@@ -103,19 +103,23 @@ def deployment(ready: int) -> dict[str, Any]:
     }
 
 
-def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
-    problem = ("CrashLoopBackOff", "pod p: container worker: CrashLoopBackOff; last exit code 2")
-    st = pool_status(
+def status_of_pool(ready: int, problem: tuple[str, str]) -> dict[str, Any]:
+    return pool_status(
         generation=1,
         old=None,
         accepted=(True, "Bound", "bound"),
         app=("shop", "shop"),
         deployment_name="shop-default",
-        deployment=deployment(0),
+        deployment=deployment(ready),
         selector="x",
         problem=problem,
         now="t",
     )
+
+
+def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
+    problem = ("CrashLoopBackOff", "pod p: container worker: CrashLoopBackOff; last exit code 2")
+    st = status_of_pool(0, problem)
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "CrashLoopBackOff")
     assert ready["message"] == f"0/1 worker replicas ready; {problem[1]}"
@@ -144,16 +148,6 @@ def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
 
 def test_a_ready_pool_reports_no_problem_even_if_a_pod_has_one() -> None:
     """A surplus pod that cannot run does not make a complete rollout unready."""
-    st = pool_status(
-        generation=1,
-        old=None,
-        accepted=(True, "Bound", "bound"),
-        app=("shop", "shop"),
-        deployment_name="shop-default",
-        deployment=deployment(1),
-        selector="x",
-        problem=("ImagePullBackOff", "pod q"),
-        now="t",
-    )
+    st = status_of_pool(1, ("ImagePullBackOff", "pod q"))
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Available")
