@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -236,4 +238,7 @@ class WebhookProcess(ComponentProcess):
 
 
 def new_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="celery-operator-e2e-"))
+    """A directory for a process's certs and log, removed when the test session ends."""
+    path = Path(tempfile.mkdtemp(prefix="celery-operator-e2e-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
