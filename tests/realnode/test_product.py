@@ -288,10 +288,16 @@ def assert_exactly_once(ledger: Ledger, timeout: float) -> Tally:
     return tally
 
 
-def assert_no_sigkill(watch: PodWatch, pods: list[str]) -> None:
+def assert_no_sigkill(watch: PodWatch, pods: list[str], timeout: float = 30) -> None:
+    """Waits until each pod's container reported how it ended; all ended with exit code 0."""
+    wait_for(
+        f"the exit codes of {', '.join(pods)}",
+        lambda: all(n in watch.terminations() for n in pods),
+        timeout=timeout,
+    )
     ends = watch.terminations()
     for name in pods:
-        for t in ends.get(name, []):
+        for t in ends[name]:
             assert t.get("exitCode") == 0, f"{name} ended {t}"
 
 
@@ -427,11 +433,6 @@ def test_rollout_finishes_every_running_task(cluster: Cluster, shop: Shop) -> No
             lambda: not set(before) & {p["metadata"]["name"] for p in shop.pods("long")},
             timeout=GRACE * 2,
         )
-        wait_for(
-            "the old workers' exit codes",
-            lambda: all(n in watch.terminations() for n in before),
-            timeout=30,
-        )
         assert_no_sigkill(watch, before)
     report("rollout (Celery 5.5, soft shutdown)", tally)
 
@@ -445,12 +446,7 @@ def test_rollout_on_the_oldest_supported_celery(cluster: Cluster, shop: Shop) ->
         start_long_tasks(shop, ledger, "oldest", 1, TASK_SECONDS)
         patch_env(cluster, shop.namespace, "oldest", "1")
         tally = assert_exactly_once(ledger, timeout=GRACE * 3)
-        wait_for(
-            "the old worker's exit code",
-            lambda: all(n in watch.terminations() for n in before),
-            timeout=GRACE * 2,
-        )
-        assert_no_sigkill(watch, before)
+        assert_no_sigkill(watch, before, timeout=GRACE * 2)
     logs = cluster.kubectl(
         "logs", "-n", shop.namespace, "-l", "celeryproject.org/pool=oldest", "--tail=-1"
     )
@@ -471,11 +467,6 @@ def test_scale_down_finishes_every_running_task(cluster: Cluster, shop: Shop) ->
         wait_for("one long worker", lambda: len(shop.pods("long")) == 1, timeout=GRACE * 2)
         gone = [n for n in before if n not in {p["metadata"]["name"] for p in shop.pods("long")}]
         assert len(gone) == 2
-        wait_for(
-            "the removed workers' exit codes",
-            lambda: all(n in watch.terminations() for n in gone),
-            timeout=30,
-        )
         assert_no_sigkill(watch, gone)
     report("scale-down 3 -> 1", tally)
     cluster.kubectl("scale", "celeryworkerpool", "long", "-n", shop.namespace, "--replicas=2")
