@@ -111,7 +111,9 @@ def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     for c in st.get("conditions") or []:
         unschedulable = c.get("status") == "False" and c.get("reason") == "Unschedulable"
         if c.get("type") == "PodScheduled" and unschedulable:
-            return "Unschedulable", _clip(f"pod {name}: {c.get('message', '')}", 600)
+            return "Unschedulable", _clip(
+                f"pod {name}: {c.get('message', '')}", MAX_PROBLEM_MESSAGE
+            )
     return None
 
 
@@ -179,19 +181,12 @@ def _rollout_conditions(
             condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
             condition(RECONCILING, False, "Complete", "the latest spec is rolled out"),
         ]
-    ready_msg = f"{r.ready}/{r.desired} {what} replicas ready"
+    # Still rolling out; if a pod cannot run, Ready says why instead of "Progressing".
+    reason, message = "Progressing", f"{r.ready}/{r.desired} {what} replicas ready"
     if problem is not None:
-        return [
-            condition(READY, False, problem[0], f"{ready_msg}; {problem[1]}"),
-            condition(
-                RECONCILING,
-                True,
-                "RollingOut",
-                f"{r.updated}/{r.desired} replicas on the latest spec, {r.ready} ready",
-            ),
-        ]
+        reason, message = problem[0], f"{message}; {problem[1]}"
     return [
-        condition(READY, False, "Progressing", ready_msg),
+        condition(READY, False, reason, message),
         condition(
             RECONCILING,
             True,

@@ -234,8 +234,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         if info is not None:
             # kopf names the apiserver kubernetes.default.svc, which needs cluster DNS;
             # in-cluster clients (client-go, the kubernetes package) use the Service's
-            # address from the environment instead, and so do we.
-            return dataclasses.replace(info, server=in_cluster_server() or info.server)
+            # address from the environment: the same server as our own client's.
+            from celery_operator.k8s import client
+
+            return dataclasses.replace(info, server=client.server_url())
         return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
@@ -275,15 +277,6 @@ async def resync(ctx: Context, interval: float) -> None:
         await asyncio.sleep(interval * (0.9 + random.random() / 5))
         for table, task in (("apps", "app"), ("pools", "pool"), ("flowers", "flower")):
             ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
-
-
-def in_cluster_server() -> str | None:
-    """https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT, as client-go builds it."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST")
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    if not host:
-        return None
-    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def run(config: OperatorConfig) -> None:

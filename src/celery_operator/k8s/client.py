@@ -134,6 +134,12 @@ def configure(kubeconfig: str | None = None, pool_size: int = 32) -> None:
         _client = kubernetes.client.ApiClient(config)
 
 
+def server_url() -> str:
+    """The apiserver's URL as configured (in a pod: from KUBERNETES_SERVICE_HOST/PORT,
+    which needs no cluster DNS)."""
+    return str(_api().configuration.host)
+
+
 def _api() -> kubernetes.client.ApiClient:
     global _client
     with _lock:
