@@ -39,11 +39,10 @@ from celery_operator.certs import pki
 from testenv import images as images_mod
 from testenv import realnode
 from testenv.paths import cache_dir
-from testenv.realnode import GATEWAY, RealNode, RealNodeError
+from testenv.realnode import GATEWAY, SERVICE_CIDR, RealNode, RealNodeError
 
 HERE = Path(__file__).resolve().parent
 RUN_DIR = HERE / ".run"
-SERVICE_CIDR = "10.96.0.0/16"
 NODE_NAMES = ("kwok-node-0", "kwok-node-1")
 
 

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from testenv.paths import cache_dir
@@ -107,7 +107,6 @@ class Image:
     name: str
     key: str
     deps: tuple[str, ...] = ()
-    inputs: tuple[Path, ...] = field(default=(), compare=False)
     build_args: tuple[str, ...] = ()  # NAME=VALUE, for a Dockerfile build
 
     @property
@@ -133,9 +132,7 @@ def plan() -> dict[str, Image]:
         key_of([], f"python: debootstrap minbase {DEBIAN_SUITE} {' '.join(PYTHON_PACKAGES)} v1"),
     )
     op_inputs = (ROOT / "Dockerfile", ROOT / "pyproject.toml", ROOT / "README.md", ROOT / "src")
-    operator = Image(
-        "operator", key_of(list(op_inputs), "operator: " + python.key), ("python",), op_inputs
-    )
+    operator = Image("operator", key_of(list(op_inputs), "operator: " + python.key), ("python",))
     app_inputs = (ROOT / "examples" / "app",)
     app = Image("example-app", key_of(list(app_inputs), "example-app: " + python.key), ("python",))
     # The same app on the oldest Celery the project supports (no soft shutdown).

@@ -59,6 +59,7 @@ BRIDGE = "celeryop0"
 POD_CIDR = "10.88.0.0/24"
 GATEWAY = "10.88.0.1"
 KWOK_CIDR = "10.244.0.0/16"
+SERVICE_CIDR = "10.96.0.0/16"  # the apiserver's --service-cluster-ip-range
 FORWARD_CHAIN = "CELERYOP-FORWARD"
 MAX_PODS = 30
 
@@ -240,26 +241,26 @@ def _pids_in(top: Path) -> set[int]:
     return pids
 
 
-def _our_shims() -> list[int]:
-    out = []
+def _our_processes() -> dict[int, str]:
+    """pid -> program name of every process whose arguments name the node's directories:
+    containerd, its shims, the kubelet, kube-proxy (of this or of a crashed run)."""
+    out = {}
+    marks = (str(RUN).encode(), str(STATE).encode())
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
             argv = (d / "cmdline").read_bytes().split(b"\0")
-            if (
-                argv
-                and argv[0].endswith(b"containerd-shim-runc-v2")
-                and any(str(RUN).encode() in a for a in argv)
-            ):
-                out.append(int(d.name))
+            if any(m in a for a in argv for m in marks):
+                out[int(d.name)] = Path(argv[0].decode(errors="replace")).name
     return out
 
 
 def _kill_pods() -> None:
     """SIGKILLs every process in the kubepods cgroups and every shim of our containerd."""
     for _ in range(50):
-        pids = set().union(*(_pids_in(t) for t in _cgroup_dirs())) | set(_our_shims())
+        shims = {p for p, exe in _our_processes().items() if exe == "containerd-shim-runc-v2"}
+        pids = set().union(*(_pids_in(t) for t in _cgroup_dirs())) | shims
         pids.discard(os.getpid())
         if not pids:
             return
@@ -283,66 +284,67 @@ def _remove_cgroups() -> None:
         raise RealNodeError(f"could not remove cgroups {', '.join(map(str, left))}")
 
 
-def _iptables_cleanup() -> None:
-    """Removes every KUBE-* chain (and the jumps to them) and our FORWARD guard."""
+def _bridge_links() -> list[str]:
+    """The veths on the node's bridge, then the bridge itself (if it exists)."""
+    if not Path(f"/sys/class/net/{BRIDGE}").exists():
+        return []
+    veths = [
+        link.name
+        for link in Path("/sys/class/net").iterdir()
+        if (link / "master").exists() and (link / "master").resolve().name == BRIDGE
+    ]
+    return [*veths, BRIDGE]
+
+
+def _our_chain(name: str) -> bool:
+    return name.startswith("KUBE-") or name == FORWARD_CHAIN
+
+
+def _jump(words: list[str]) -> str:
+    """The target of a rule (`-j TARGET`), or ""."""
+    return words[words.index("-j") + 1] if "-j" in words[:-1] else ""
+
+
+def _iptables_rules() -> list[tuple[str, str, list[str]]]:
+    """(tool, table, words of one `-S` line) for IPv4 and IPv6, the tables kube-proxy uses."""
+    out = []
     for tool in ("iptables", "ip6tables"):
         if shutil.which(tool) is None:
             continue
         for table in ("filter", "nat", "mangle"):
             r = _sh(tool, "-w", "-t", table, "-S", check=False)
-            if r.returncode != 0:
-                continue
-            ours = re.compile(rf"-j (KUBE-\S+|{FORWARD_CHAIN})\b")
-            chains = []
-            for line in r.stdout.splitlines():
-                words = shlex.split(line)  # comments are quoted: --comment "kubernetes ..."
-                if words[:1] == ["-N"] and (
-                    words[1].startswith("KUBE-") or words[1] == FORWARD_CHAIN
-                ):
-                    chains.append(words[1])
-                elif (
-                    words[:1] == ["-A"]
-                    and ours.search(line)
-                    and not (words[1].startswith("KUBE-") or words[1] == FORWARD_CHAIN)
-                ):
-                    _sh(tool, "-w", "-t", table, "-D", *words[1:], check=False)
-            for c in chains:
-                _sh(tool, "-w", "-t", table, "-F", c, check=False)
-            for c in chains:
-                _sh(tool, "-w", "-t", table, "-X", c, check=False)
+            # shlex: comments are quoted, as in --comment "kubernetes service portals"
+            out += [(tool, table, shlex.split(line)) for line in r.stdout.splitlines()]
+    return out
+
+
+def _iptables_cleanup() -> None:
+    """Removes every KUBE-* chain (and the jumps to them) and our FORWARD guard."""
+    chains = []
+    for tool, table, words in _iptables_rules():
+        if words[:1] == ["-N"] and _our_chain(words[1]):
+            chains.append((tool, table, words[1]))
+        elif words[:1] == ["-A"] and not _our_chain(words[1]) and _our_chain(_jump(words)):
+            _sh(tool, "-w", "-t", table, "-D", *words[1:], check=False)
+    for tool, table, chain in chains:
+        _sh(tool, "-w", "-t", table, "-F", chain, check=False)
+    for tool, table, chain in chains:
+        _sh(tool, "-w", "-t", table, "-X", chain, check=False)
 
 
 def leftovers() -> list[str]:
     """What a real node left on this machine (empty: nothing). Used by teardown and tests."""
     found = []
-    names = {"kubelet", "kube-proxy", "containerd", "containerd-shim-runc-v2"}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError):
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-                exe = Path(argv[0].decode(errors="replace")).name
-                if exe in names and any(
-                    str(RUN).encode() in a or str(STATE).encode() in a for a in argv
-                ):
-                    found.append(f"process {d.name} {exe}")
+    found += [f"process {pid} {exe}" for pid, exe in _our_processes().items()]
     found += [f"process {p} in kubepods" for t in _cgroup_dirs() for p in _pids_in(t)]
     found += [f"mount {m}" for m in _our_mounts()]
     found += [f"cgroup {c}" for c in _cgroup_dirs()]
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        found.append(f"link {BRIDGE}")
-    for link in Path("/sys/class/net").iterdir():
-        master = link / "master"
-        if master.exists() and master.resolve().name == BRIDGE:
-            found.append(f"link {link.name}")
-    for tool in ("iptables", "ip6tables"):
-        if shutil.which(tool):
-            for table in ("filter", "nat", "mangle"):
-                r = _sh(tool, "-w", "-t", table, "-S", check=False)
-                found += [
-                    f"{tool} -t {table} {line}"
-                    for line in r.stdout.splitlines()
-                    if line.startswith("-N ") and (" KUBE-" in line or FORWARD_CHAIN in line)
-                ]
+    found += [f"link {name}" for name in _bridge_links()]
+    found += [
+        f"{tool} -t {table} chain {words[1]}"
+        for tool, table, words in _iptables_rules()
+        if words[:1] == ["-N"] and _our_chain(words[1])
+    ]
     r = _sh("ip", "route", "show", KWOK_CIDR, check=False)
     if r.stdout.strip():
         found.append(f"route {r.stdout.strip()}")
@@ -356,23 +358,15 @@ def teardown() -> None:
     """Removes everything a real node made; safe to run with nothing there."""
     _kill_pods()
     # containerd, the kubelet and kube-proxy of a crashed run (ours die with their parent).
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, ProcessLookupError):
-                argv = (d / "cmdline").read_bytes().split(b"\0")
-                ours = any(str(RUN).encode() in a or str(STATE).encode() in a for a in argv)
-                if ours and int(d.name) != os.getpid():
-                    os.kill(int(d.name), signal.SIGKILL)
+    for pid in _our_processes():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     _unmount_all()
     for ns in [*Path("/run/netns").glob("cni-*"), *Path("/var/run/netns").glob("cni-*")]:
         ns.unlink(missing_ok=True)
     _remove_cgroups()
-    if Path(f"/sys/class/net/{BRIDGE}").exists():
-        for link in Path("/sys/class/net").iterdir():
-            master = link / "master"
-            if master.exists() and master.resolve().name == BRIDGE:
-                _sh("ip", "link", "del", link.name, check=False)
-        _sh("ip", "link", "del", BRIDGE, check=False)
+    for name in _bridge_links():  # the pods' veths first, then the bridge
+        _sh("ip", "link", "del", name, check=False)
     _sh("ip", "route", "del", "blackhole", KWOK_CIDR, check=False)
     _iptables_cleanup()
     _unmount_all()  # nothing should be mounted now; never delete through a mount
@@ -524,8 +518,6 @@ class RealNode:
         _sh("ip", "link", "add", BRIDGE, "type", "bridge")
         _sh("ip", "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE)
         _sh("ip", "link", "set", BRIDGE, "up")
-        from testenv.controlplane import SERVICE_CIDR
-
         # The host reaches Services through the bridge, and kwok's fake pod IPs nowhere.
         _sh("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE)
         _sh("ip", "route", "add", "blackhole", KWOK_CIDR)
@@ -566,7 +558,7 @@ class RealNode:
                                         }
                                     ]
                                 ],
-                                "routes": [{"dst": _service_cidr(), "gw": GATEWAY}],
+                                "routes": [{"dst": SERVICE_CIDR, "gw": GATEWAY}],
                             },
                         }
                     ],
@@ -763,12 +755,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         path = w / f"{name}.kubeconfig"
         self.cp._write_kubeconfig(path, ca, pair)
         return path
-
-
-def _service_cidr() -> str:
-    from testenv.controlplane import SERVICE_CIDR
-
-    return SERVICE_CIDR
 
 
 def janitor() -> int:
