@@ -87,10 +87,15 @@ manifests: deps
 	$(BIN)/celery-operator manifests
 	$(MAKE) --no-print-directory install-yaml
 
-# deploy/install.yaml: the chart rendered with its default values (helm from testenv).
+# deploy/install.yaml: the chart rendered with its default values, by testenv's pinned helm
+# (its path asked of testenv; expanded only when this recipe runs).
+install-yaml: TESTENV_HELM = $(shell $(BIN)/python -c 'from testenv.controlplane import versions; \
+	from testenv.paths import cache_dir; \
+	print(cache_dir() / ("helm-" + versions()["HELM_VERSION"]) / "bin" / "helm")')
 install-yaml: deps
 	testenv/build.sh helm >/dev/null
-	$(BIN)/python -m celery_operator.manifests.install_yaml
+	test -x "$(TESTENV_HELM)" || { echo "install-yaml: no helm at '$(TESTENV_HELM)'" >&2; exit 1; }
+	$(BIN)/python -m celery_operator.manifests.install_yaml --helm "$(TESTENV_HELM)"
 
 # Re-extract the upstream schemas of the core types the CRDs embed (needs Go).
 k8s-schemas: deps

@@ -6,13 +6,38 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-READY = "Ready"
-RECONCILING = "Reconciling"
-DEGRADED = "Degraded"
-ACCEPTED = "Accepted"
-SCALING_ACTIVE = "ScalingActive"
+from celery_operator.api.conditions import (
+    ACCEPTED,
+    ALL_COMPONENTS_READY,
+    AS_EXPECTED,
+    AVAILABLE,
+    COMPLETE,
+    COMPONENTS_NOT_READY,
+    COMPONENTS_UNAVAILABLE,
+    CREATING,
+    DEGRADED,
+    INVALID_SPEC,
+    PAUSED,
+    POD_PROBLEM_REASONS,
+    PROGRESSING,
+    READY,
+    RECONCILING,
+    ROLLING_OUT,
+    ROLLOUT_FAILED,
+    SCALED_TO_ZERO,
+    SCALING_ACTIVE,
+    Blocker,
+    Outcome,
+)
+
+
+class AppRef(NamedTuple):
+    """The app a pool is bound to, as its status names it."""
+
+    name: str
+    namespace: str
 
 
 def now_iso() -> str:
@@ -58,21 +83,6 @@ def is_true(status: Mapping[str, Any] | None, type_: str) -> bool:
 
 
 # ---- Pods: why they do not run -----------------------------------------------------------
-# Waiting reasons of a container that will not start or keeps stopping by itself: what a
-# user needs to read in the status instead of "0/1 replicas ready".
-POD_PROBLEM_REASONS = frozenset(
-    {
-        "ImagePullBackOff",
-        "ErrImagePull",
-        "ErrImageNeverPull",
-        "InvalidImageName",
-        "CrashLoopBackOff",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "RunContainerError",
-        "Unschedulable",
-    }
-)
 MAX_PROBLEM_MESSAGE = 600
 
 
@@ -86,7 +96,7 @@ def _clip(text: str, limit: int) -> str:
     return text[:head] + " ... " + text[-(limit - head - 5) :]
 
 
-def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+def pod_problem(pod: Mapping[str, Any]) -> Blocker | None:
     """(reason, message) when a pod cannot run, from its status; None when it can or may.
 
     CrashLoopBackOff carries the container's last exit: its code, reason and message (the
@@ -107,12 +117,12 @@ def pod_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
             msg += f"; last exit code {last.get('exitCode')} ({last.get('reason', '')})"
             if last.get("message"):
                 msg += f": {_clip(str(last['message']), 400)}"
-        return reason, _clip(msg, MAX_PROBLEM_MESSAGE)
+        return Blocker(reason, _clip(msg, MAX_PROBLEM_MESSAGE))
     for c in st.get("conditions") or []:
         unschedulable = c.get("status") == "False" and c.get("reason") == "Unschedulable"
         if c.get("type") == "PodScheduled" and unschedulable:
-            return "Unschedulable", _clip(
-                f"pod {name}: {c.get('message', '')}", MAX_PROBLEM_MESSAGE
+            return Blocker(
+                "Unschedulable", _clip(f"pod {name}: {c.get('message', '')}", MAX_PROBLEM_MESSAGE)
             )
     return None
 
@@ -163,47 +173,47 @@ def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
 
 
 def _rollout_conditions(
-    what: str, r: Rollout, problem: tuple[str, str] | None = None
+    what: str, r: Rollout, problem: Blocker | None = None
 ) -> list[dict[str, Any]]:
     if not r.exists:
         return [
-            condition(READY, False, "Creating", f"the {what} Deployment does not exist yet"),
-            condition(RECONCILING, True, "Creating", f"creating the {what} Deployment"),
+            condition(READY, False, CREATING, f"the {what} Deployment does not exist yet"),
+            condition(RECONCILING, True, CREATING, f"creating the {what} Deployment"),
         ]
     if r.failed:
         return [
-            condition(READY, False, "RolloutFailed", r.failed),
-            condition(RECONCILING, False, "RolloutFailed", r.failed),
+            condition(READY, False, ROLLOUT_FAILED, r.failed),
+            condition(RECONCILING, False, ROLLOUT_FAILED, r.failed),
         ]
     if r.complete:
-        reason = "ScaledToZero" if r.desired == 0 else "Available"
+        reason = SCALED_TO_ZERO if r.desired == 0 else AVAILABLE
         return [
             condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
-            condition(RECONCILING, False, "Complete", "the latest spec is rolled out"),
+            condition(RECONCILING, False, COMPLETE, "the latest spec is rolled out"),
         ]
-    # Still rolling out; if a pod cannot run, Ready says why instead of "Progressing".
-    reason, message = "Progressing", f"{r.ready}/{r.desired} {what} replicas ready"
+    # Still rolling out; if a pod cannot run, Ready says why instead of PROGRESSING.
+    reason, message = PROGRESSING, f"{r.ready}/{r.desired} {what} replicas ready"
     if problem is not None:
-        reason, message = problem[0], f"{message}; {problem[1]}"
+        reason, message = problem.reason, f"{message}; {problem.message}"
     return [
         condition(READY, False, reason, message),
         condition(
             RECONCILING,
             True,
-            "RollingOut",
+            ROLLING_OUT,
             f"{r.updated}/{r.desired} replicas on the latest spec, {r.ready} ready",
         ),
     ]
 
 
 def _child_conditions(
-    accepted: tuple[bool, str, str],
+    accepted: Outcome,
     what: str,
     not_running: str,
     r: Rollout,
-    blocked: tuple[str, str] | None,
+    blocked: Blocker | None,
     paused: bool,
-    problem: tuple[str, str] | None = None,
+    problem: Blocker | None = None,
 ) -> list[dict[str, Any]]:
     """Accepted, Ready and Reconciling of a kind that binds to an app and runs a Deployment."""
     ok, reason, message = accepted
@@ -211,8 +221,8 @@ def _child_conditions(
     if blocked is not None:
         return [
             *conds,
-            condition(READY, False, blocked[0], blocked[1]),
-            condition(RECONCILING, False, blocked[0], blocked[1]),
+            condition(READY, False, blocked.reason, blocked.message),
+            condition(RECONCILING, False, blocked.reason, blocked.message),
         ]
     if not ok:
         return [
@@ -223,7 +233,7 @@ def _child_conditions(
     conds += _rollout_conditions(what, r, problem)
     if paused:
         conds[-1] = condition(
-            RECONCILING, False, "Paused", "the app is paused: its children are not changed"
+            RECONCILING, False, PAUSED, "the app is paused: its children are not changed"
         )
     return conds
 
@@ -233,23 +243,23 @@ def pool_status(
     *,
     generation: int | None,
     old: Mapping[str, Any] | None,
-    accepted: tuple[bool, str, str],
-    app: tuple[str, str] | None,
+    accepted: Outcome,
+    app: AppRef | None,
     deployment_name: str | None,
     deployment: Mapping[str, Any] | None,
     selector: str | None,
-    blocked: tuple[str, str] | None = None,
+    blocked: Blocker | None = None,
     autoscaler: Mapping[str, Any] | None = None,
-    scaling: tuple[bool, str, str] | None = None,
+    scaling: Outcome | None = None,
     paused: bool = False,
-    problem: tuple[str, str] | None = None,
+    problem: Blocker | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The pool's status. `blocked` (reason, message) means nothing could be applied;
     `scaling` is the built-in scaler's ScalingActive condition; `problem` is why a worker
     pod cannot run (pod_problem), if one cannot."""
     now = now or now_iso()
-    ok = accepted[0]
+    ok = accepted.ok
     r = rollout_of(deployment)
     conds = _child_conditions(
         accepted,
@@ -261,11 +271,11 @@ def pool_status(
         problem,
     )
     if ok and blocked is None and scaling is not None:
-        conds.append(condition(SCALING_ACTIVE, scaling[0], scaling[1], scaling[2]))
+        conds.append(condition(SCALING_ACTIVE, scaling.ok, scaling.reason, scaling.message))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
-        "app": {"name": app[0], "namespace": app[1]} if app else None,
+        "app": {"name": app.name, "namespace": app.namespace} if app else None,
         "deployment": deployment_name if ok else None,
         "replicas": r.desired if ok else 0,
         "readyReplicas": r.ready if ok else 0,
@@ -281,16 +291,16 @@ def flower_status(
     *,
     generation: int | None,
     old: Mapping[str, Any] | None,
-    accepted: tuple[bool, str, str],
+    accepted: Outcome,
     deployment: Mapping[str, Any] | None,
     url: str | None,
-    blocked: tuple[str, str] | None = None,
+    blocked: Blocker | None = None,
     paused: bool = False,
-    problem: tuple[str, str] | None = None,
+    problem: Blocker | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     now = now or now_iso()
-    ok = accepted[0]
+    ok = accepted.ok
     r = rollout_of(deployment)
     conds = _child_conditions(
         accepted,
@@ -386,9 +396,9 @@ def app_status(
     flower: FlowerView | None,
     beat_enabled: bool,
     beat_deployment: Mapping[str, Any] | None,
-    beat_problem: tuple[str, str] | None = None,
+    beat_problem: Blocker | None = None,
     invalid: str | None = None,
-    blocked: tuple[str, str] | None = None,
+    blocked: Blocker | None = None,
     paused: bool = False,
     max_pools: int = 100,
     now: str | None = None,
@@ -415,35 +425,35 @@ def app_status(
 
     if invalid is not None:
         conds = [
-            condition(READY, False, "InvalidSpec", invalid),
-            condition(RECONCILING, False, "InvalidSpec", "nothing is created from an invalid spec"),
-            condition(DEGRADED, False, "InvalidSpec", ""),
+            condition(READY, False, INVALID_SPEC, invalid),
+            condition(RECONCILING, False, INVALID_SPEC, "nothing is created from an invalid spec"),
+            condition(DEGRADED, False, INVALID_SPEC, ""),
         ]
     elif blocked is not None:
         conds = [
-            condition(READY, False, blocked[0], blocked[1]),
-            condition(RECONCILING, False, blocked[0], blocked[1]),
-            condition(DEGRADED, True, blocked[0], blocked[1]),
+            condition(READY, False, blocked.reason, blocked.message),
+            condition(RECONCILING, False, blocked.reason, blocked.message),
+            condition(DEGRADED, True, blocked.reason, blocked.message),
         ]
     else:
         if not_ready:
-            ready = condition(READY, False, "ComponentsNotReady", f"not ready: {_names(not_ready)}")
+            ready = condition(READY, False, COMPONENTS_NOT_READY, f"not ready: {_names(not_ready)}")
         else:
-            ready = condition(READY, True, "AllComponentsReady", "every component is ready")
+            ready = condition(READY, True, ALL_COMPONENTS_READY, "every component is ready")
         if paused:
             rec = condition(
-                RECONCILING, False, "Paused", "spec.paused is true: children are not changed"
+                RECONCILING, False, PAUSED, "spec.paused is true: children are not changed"
             )
         elif reconciling:
-            rec = condition(RECONCILING, True, "RollingOut", "components are rolling out")
+            rec = condition(RECONCILING, True, ROLLING_OUT, "components are rolling out")
         else:
-            rec = condition(RECONCILING, False, "Complete", "every component is up to date")
+            rec = condition(RECONCILING, False, COMPLETE, "every component is up to date")
         # Degraded: something that should run is not ready and no rollout explains it.
         degraded = bool(not_ready) and not reconciling
         deg = condition(
             DEGRADED,
             degraded,
-            "ComponentsUnavailable" if degraded else "AsExpected",
+            COMPONENTS_UNAVAILABLE if degraded else AS_EXPECTED,
             f"not ready: {_names(not_ready)}" if degraded else "",
         )
         conds = [ready, rec, deg]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from celery_operator.controllers.runtime import LAST_APPLIED, Cache, compare_resource_versions
+from celery_operator.controllers.cache import Cache
+from celery_operator.k8s.objects import LAST_APPLIED, compare_resource_versions
 
 
 def pool(ns: str, name: str, app: str, app_ns: str | None = None) -> dict[str, Any]:
@@ -23,49 +24,49 @@ def names(objs: list[dict[str, Any]]) -> list[str]:
 
 def test_pools_are_found_by_their_app_including_other_namespaces() -> None:
     c = Cache()
-    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
-    c.put("pools", ("team", "p2"), pool("team", "p2", "shop", app_ns="a"))
-    c.put("pools", ("a", "p3"), pool("a", "p3", "other"))
-    c.put("pools", ("b", "p4"), pool("b", "p4", "shop"))  # app b/shop, not a/shop
-    assert names(c.pools_of_app(("a", "shop"))) == ["p1", "p2"]
-    assert names(c.pools_of_app(("b", "shop"))) == ["p4"]
-    assert c.keys_of_app("pools", ("a", "shop")) == [("a", "p1"), ("team", "p2")]
-    assert c.pools_of_app(("a", "nothing")) == []
+    c.put("CeleryWorkerPool", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("CeleryWorkerPool", ("team", "p2"), pool("team", "p2", "shop", app_ns="a"))
+    c.put("CeleryWorkerPool", ("a", "p3"), pool("a", "p3", "other"))
+    c.put("CeleryWorkerPool", ("b", "p4"), pool("b", "p4", "shop"))  # app b/shop, not a/shop
+    assert names(c.of_app("CeleryWorkerPool", ("a", "shop"))) == ["p1", "p2"]
+    assert names(c.of_app("CeleryWorkerPool", ("b", "shop"))) == ["p4"]
+    assert c.keys_of_app("CeleryWorkerPool", ("a", "shop")) == [("a", "p1"), ("team", "p2")]
+    assert c.of_app("CeleryWorkerPool", ("a", "nothing")) == []
 
 
 def test_a_pool_that_moves_to_another_app_leaves_the_first() -> None:
     c = Cache()
-    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
-    c.put("pools", ("a", "p1"), pool("a", "p1", "billing"))
-    assert c.pools_of_app(("a", "shop")) == []
-    assert names(c.pools_of_app(("a", "billing"))) == ["p1"]
-    assert c.by_app["pools"] == {("a", "billing"): {("a", "p1")}}
+    c.put("CeleryWorkerPool", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("CeleryWorkerPool", ("a", "p1"), pool("a", "p1", "billing"))
+    assert c.of_app("CeleryWorkerPool", ("a", "shop")) == []
+    assert names(c.of_app("CeleryWorkerPool", ("a", "billing"))) == ["p1"]
+    assert c.by_app["CeleryWorkerPool"] == {("a", "billing"): {("a", "p1")}}
 
 
 def test_deleted_objects_leave_the_index() -> None:
     c = Cache()
-    c.put("pools", ("a", "p1"), pool("a", "p1", "shop"))
-    c.put("flowers", ("a", "f"), flower("a", "f", "shop"))
-    c.put("pools", ("a", "p1"), None)
-    c.put("flowers", ("a", "f"), None)
-    assert c.pools_of_app(("a", "shop")) == []
-    assert c.flowers_of_app(("a", "shop")) == []
-    assert c.by_app == {"pools": {}, "flowers": {}}
+    c.put("CeleryWorkerPool", ("a", "p1"), pool("a", "p1", "shop"))
+    c.put("Flower", ("a", "f"), flower("a", "f", "shop"))
+    c.put("CeleryWorkerPool", ("a", "p1"), None)
+    c.put("Flower", ("a", "f"), None)
+    assert c.of_app("CeleryWorkerPool", ("a", "shop")) == []
+    assert c.of_app("Flower", ("a", "shop")) == []
+    assert c.by_app == {"CeleryWorkerPool": {}, "Flower": {}}
 
 
 def test_the_latest_body_is_returned() -> None:
     c = Cache()
-    c.put("flowers", ("a", "f"), flower("a", "f", "shop"))
+    c.put("Flower", ("a", "f"), flower("a", "f", "shop"))
     newer = flower("a", "f", "shop") | {"status": {"readyReplicas": 1}}
-    c.put("flowers", ("a", "f"), newer)
-    assert c.flowers_of_app(("a", "shop")) == [newer]
+    c.put("Flower", ("a", "f"), newer)
+    assert c.of_app("Flower", ("a", "shop")) == [newer]
 
 
 def test_apps_are_not_indexed() -> None:
     c = Cache()
-    c.put("apps", ("a", "shop"), {"metadata": {"namespace": "a", "name": "shop"}, "spec": {}})
-    assert c.get("apps", ("a", "shop")) is not None
-    assert set(c.by_app) == {"pools", "flowers"}
+    c.put("CeleryApp", ("a", "shop"), {"metadata": {"namespace": "a", "name": "shop"}, "spec": {}})
+    assert c.get("CeleryApp", ("a", "shop")) is not None
+    assert set(c.by_app) == {"CeleryWorkerPool", "Flower"}
 
 
 def child(rv: str, uid: str = "c1", ready: int | None = None) -> dict[str, Any]:
@@ -141,14 +142,14 @@ def test_the_cache_keeps_bodies_without_other_managers_fields_last_applied_or_te
     original = copy.deepcopy(body)
     c = Cache()
     c.put_child(body, deleted=False)
-    c.put("pools", ("a", "w"), body)
+    c.put("CeleryWorkerPool", ("a", "w"), body)
     cached_child = c.child("owner", *IDENT)
     assert cached_child is not None
     assert cached_child["spec"] == {"replicas": 2}  # a child's pod template is not kept
-    primary = c.get("pools", ("a", "w"))
+    primary = c.get("CeleryWorkerPool", ("a", "w"))
     assert primary is not None
     assert primary["spec"] == original["spec"]  # a primary's spec is whole
-    for kept in (c.child("owner", *IDENT), c.get("pools", ("a", "w"))):
+    for kept in (c.child("owner", *IDENT), c.get("CeleryWorkerPool", ("a", "w"))):
         assert kept is not None
         assert kept["metadata"]["managedFields"] == [ours]  # what the replica hand-off reads
         assert kept["metadata"]["annotations"] == {"keep": "me"}

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from celery_operator.api.conditions import Blocker, Outcome
 from celery_operator.status import (
+    AppRef,
     app_status,
     pod_problem,
     pool_status,
@@ -103,12 +105,12 @@ def deployment(ready: int) -> dict[str, Any]:
     }
 
 
-def status_of_pool(ready: int, problem: tuple[str, str]) -> dict[str, Any]:
+def status_of_pool(ready: int, problem: Blocker) -> dict[str, Any]:
     return pool_status(
         generation=1,
         old=None,
-        accepted=(True, "Bound", "bound"),
-        app=("shop", "shop"),
+        accepted=Outcome(True, "Bound", "bound"),
+        app=AppRef("shop", "shop"),
         deployment_name="shop-default",
         deployment=deployment(ready),
         selector="x",
@@ -118,7 +120,9 @@ def status_of_pool(ready: int, problem: tuple[str, str]) -> dict[str, Any]:
 
 
 def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
-    problem = ("CrashLoopBackOff", "pod p: container worker: CrashLoopBackOff; last exit code 2")
+    problem = Blocker(
+        "CrashLoopBackOff", "pod p: container worker: CrashLoopBackOff; last exit code 2"
+    )
     st = status_of_pool(0, problem)
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "CrashLoopBackOff")
@@ -138,7 +142,7 @@ def test_the_pool_and_its_app_say_why_workers_do_not_run() -> None:
         flower=None,
         beat_enabled=True,
         beat_deployment=deployment(0),
-        beat_problem=("ImagePullBackOff", "pod b: container beat: ImagePullBackOff"),
+        beat_problem=Blocker("ImagePullBackOff", "pod b: container beat: ImagePullBackOff"),
         now="t",
     )
     msg = next(c for c in app["conditions"] if c["type"] == "Ready")["message"]

@@ -1,1 +1,1 @@
-"""api."""
+"""The API: the pydantic models of the three kinds, their table, and the shared vocabulary."""

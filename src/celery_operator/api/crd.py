@@ -3,7 +3,8 @@
 The models are the single source of the schema: this turns their JSON Schema into the
 structural OpenAPI v3 schema Kubernetes requires (refs inlined, Optional as plain fields,
 core types replaced by their upstream schemas), and adds what only a CRD has: the status
-and scale subresources, printer columns, short names and the `celery` category.
+and scale subresources, printer columns, short names (from `api.kinds`) and the
+`celery` category.
 """
 
 from __future__ import annotations
@@ -11,101 +12,15 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from pydantic import BaseModel
 
 from celery_operator.api.base import GROUP, K8S_REF, VERSION
-from celery_operator.api.celeryapp import CeleryAppSpec, CeleryAppStatus
-from celery_operator.api.celeryworkerpool import CeleryWorkerPoolSpec, CeleryWorkerPoolStatus
-from celery_operator.api.flower import FlowerSpec, FlowerStatus
+from celery_operator.api.kinds import KINDS, Kind
 
 CATEGORY = "celery"
-
-
-@dataclass(frozen=True)
-class KindInfo:
-    kind: str
-    plural: str
-    singular: str
-    short_names: tuple[str, ...]
-    spec: type[BaseModel]
-    status: type[BaseModel]
-    description: str
-    columns: tuple[dict[str, Any], ...]
-    scale: dict[str, str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _col(name: str, path: str, type_: str = "string", **kw: Any) -> dict[str, Any]:
-    return {"name": name, "type": type_, "jsonPath": path, **kw}
-
-
-_READY = '.status.conditions[?(@.type=="Ready")].status'
-_AGE = _col("Age", ".metadata.creationTimestamp", "date")
-
-KINDS: tuple[KindInfo, ...] = (
-    KindInfo(
-        kind="CeleryApp",
-        plural="celeryapps",
-        singular="celeryapp",
-        short_names=("capp",),
-        spec=CeleryAppSpec,
-        status=CeleryAppStatus,
-        description=(
-            "A Celery application: its image, `celery --app` path, broker and result backend, "
-            "celery beat, defaults for its pods, and which namespaces may attach worker pools."
-        ),
-        columns=(
-            _col("Ready", _READY),
-            _col("Pools", ".status.pools.summary"),
-            _col("Workers", ".status.workers.summary"),
-            _col("Flower", ".status.flower.name"),
-            _AGE,
-            _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
-        ),
-    ),
-    KindInfo(
-        kind="CeleryWorkerPool",
-        plural="celeryworkerpools",
-        singular="celeryworkerpool",
-        short_names=("cwp",),
-        spec=CeleryWorkerPoolSpec,
-        status=CeleryWorkerPoolStatus,
-        description="Celery workers consuming some queues of one CeleryApp, owned by a team.",
-        columns=(
-            _col("App", ".spec.appRef.name"),
-            _col("Queues", ".spec.queues"),
-            _col("Ready", ".status.readySummary"),
-            _col("Autoscaling", ".status.autoscaler.summary"),
-            _AGE,
-            _col("Accepted", '.status.conditions[?(@.type=="Accepted")].status', priority=1),
-            _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
-        ),
-        scale={
-            "specReplicasPath": ".spec.replicas",
-            "statusReplicasPath": ".status.replicas",
-            "labelSelectorPath": ".status.selector",
-        },
-    ),
-    KindInfo(
-        kind="Flower",
-        plural="flowers",
-        singular="flower",
-        short_names=("flower",),
-        spec=FlowerSpec,
-        status=FlowerStatus,
-        description="Flower, the monitoring UI of one CeleryApp (always one replica).",
-        columns=(
-            _col("App", ".spec.appRef.name"),
-            _col("Ready", _READY),
-            _col("URL", ".status.url"),
-            _AGE,
-        ),
-    ),
-)
 
 
 @functools.cache
@@ -174,11 +89,11 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     return dict(_structural(schema, defs))
 
 
-def build_crd(info: KindInfo) -> dict[str, Any]:
+def build_crd(info: Kind) -> dict[str, Any]:
     spec = openapi_schema(info.spec)
     status = openapi_schema(info.status)
-    status["description"] = f"The observed state of the {info.kind}."
-    spec["description"] = f"The desired state of the {info.kind}."
+    status["description"] = f"The observed state of the {info.name}."
+    spec["description"] = f"The desired state of the {info.name}."
     subresources: dict[str, Any] = {"status": {}}
     if info.scale:
         subresources["scale"] = dict(info.scale)
@@ -196,8 +111,8 @@ def build_crd(info: KindInfo) -> dict[str, Any]:
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": info.kind,
-                "listKind": f"{info.kind}List",
+                "kind": info.name,
+                "listKind": f"{info.name}List",
                 "plural": info.plural,
                 "singular": info.singular,
                 "shortNames": list(info.short_names),

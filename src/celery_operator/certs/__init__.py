@@ -1,1 +1,1 @@
-"""certs."""
+"""The webhook's CA and serving certificates: issue, rotate, inject into its configurations."""

@@ -1,1 +1,1 @@
-"""controllers."""
+"""The kind controllers: gather from the cache, plan (`plans/`), apply; the runtime under them."""

@@ -1,4 +1,5 @@
-"""What every reconcile shares: the cache, the queue, and applying a set of children."""
+"""What the three kind controllers share, below them: the cache, the queue, the scaler,
+and the apply step (children by server-side apply and pruning, the status patch)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,26 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from celery_operator.controllers.runtime import Cache, WorkQueue
+from celery_operator.api.conditions import CHILD_CONFLICT, Blocker
+from celery_operator.api.kinds import Kind, child_kinds
+from celery_operator.api.labels import HASH_ANNOTATION
+from celery_operator.controllers.cache import Cache, Ident, ident
+from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, apply_owned
 from celery_operator.scaling.scaler import BuiltinScaler
-from celery_operator.status import status_changed
+from celery_operator.status import now_iso, status_changed
 
 log = logging.getLogger("celery_operator")
 
-HASH_ANNOTATION = "celeryproject.org/applied-hash"
-# Children whose kind is not watched (no cluster-wide list/watch on Secrets).
-UNWATCHED_KINDS = frozenset({"Secret"})
-Ident = tuple[str, str, str]  # ("apiVersion/kind", namespace, name)
-
-
-def ident(obj: Mapping[str, Any]) -> Ident:
-    meta = obj["metadata"]
-    return (f"{obj['apiVersion']}/{obj['kind']}", meta.get("namespace", ""), meta["name"])
+# Status roll-ups wait this long for more changes, so a burst makes one write.
+ROLLUP_DELAY = 0.25
+CHILD_STATUS_DELAY = 0.1
+# Child kinds no watch tells about (Secrets): always applied, never skipped by hash.
+UNWATCHED_KINDS = frozenset(c.resource.kind for c in child_kinds() if not c.watched)
 
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
@@ -37,15 +38,39 @@ class Context:
     cache: Cache
     queue: WorkQueue
     scaler: BuiltinScaler | None = None
-    # Pools whose (unwatched) Secrets were looked for since this process started.
-    secrets_checked: set[str] = field(default_factory=set)
-    _keda: client.ServedCheck = field(default_factory=client.keda_check)
+    keda: client.ServedCheck | None = None
 
+    def __post_init__(self) -> None:
+        if self.keda is None:
+            self.keda = client.keda_check()
+
+    # ---- gather ------------------------------------------------------------------------
     def keda_installed(self) -> bool:
+        assert self.keda is not None
         try:
-            return self._keda()
+            return self.keda()
         except client.ApiError:
-            return self._keda.last  # the apiserver did not answer: the last answer holds
+            return self.keda.last  # the apiserver did not answer: the last answer holds
+
+    @staticmethod
+    def now() -> str:
+        return now_iso()
+
+    # ---- apply -------------------------------------------------------------------------
+    def apply_children(
+        self, owner_uid: str, desired: Iterable[Mapping[str, Any]] | None, watch: Ident
+    ) -> tuple[dict[str, Any] | None, Blocker | None]:
+        """Applies the desired children (None: changes none). Returns the child `watch`
+        as it is now (the status follows it) and the ChildConflict that stopped the apply,
+        if one did."""
+        cached = self.cache.child(owner_uid, *watch)
+        if desired is None:
+            return cached, None
+        try:
+            live = self.sync_children(owner_uid, desired)
+        except ChildConflictError as e:
+            return cached, Blocker(CHILD_CONFLICT, str(e))
+        return live.get(watch) or cached, None
 
     def sync_children(
         self, owner_uid: str, desired: Iterable[Mapping[str, Any]]
@@ -100,29 +125,12 @@ class Context:
         return n
 
 
-def patch_status_if_changed(body: Mapping[str, Any], kind: str, status: dict[str, Any]) -> None:
+def patch_status_if_changed(body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> None:
     if not status_changed(body.get("status"), status):
         return
     meta = body["metadata"]
     try:
-        client.patch_status(body["apiVersion"], kind, meta["name"], meta["namespace"], status)
+        client.patch_status(body["apiVersion"], kind.name, meta["name"], meta["namespace"], status)
     except client.ApiError as e:
         if not e.not_found:
             raise
-
-
-def kept_block(old: Mapping[str, Any] | None, generation: object) -> tuple[str, str] | None:
-    """A status-only pass applies nothing, so it cannot see a name conflict: it keeps the
-    ChildConflict that the last full reconcile of this generation reported, instead of
-    reporting Ready from the children that did get created."""
-    for c in (old or {}).get("conditions") or []:
-        if (
-            c.get("type") == "Ready"
-            and c.get("reason") == "ChildConflict"
-            and c.get("observedGeneration") == generation
-        ):
-            return ("ChildConflict", str(c.get("message", "")))
-    return None
-
-
-__all__ = ["ChildConflictError", "Context", "kept_block", "patch_status_if_changed"]

@@ -22,35 +22,37 @@ from typing import Any, cast
 import kopf
 from prometheus_client import start_http_server
 
-from celery_operator.api.base import GROUP, VERSION
-from celery_operator.controllers import celeryapp, celeryworkerpool, flower
-from celery_operator.controllers.celeryworkerpool import CHILD_STATUS_DELAY
-from celery_operator.controllers.context import Context
-from celery_operator.controllers.runtime import Cache, WorkQueue, controller_ref
-from celery_operator.render.common import (
-    LABEL_APP,
-    LABEL_COMPONENT,
-    LABEL_FLOWER,
-    LABEL_POOL,
-    MANAGED_BY,
+from celery_operator.api.base import GROUP
+from celery_operator.api.kinds import (
+    BY_NAME,
+    BY_POD_COMPONENT,
+    KINDS,
+    NAMESPACE,
+    POD,
+    POOL,
+    Kind,
+    Resource,
+    watched_children,
 )
+from celery_operator.api.labels import LABEL_COMPONENT, OWNED_LABELS, selector
+from celery_operator.controllers import celeryapp, celeryworkerpool, flower
+from celery_operator.controllers.cache import Cache
+from celery_operator.controllers.context import CHILD_STATUS_DELAY, Context
+from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.k8s.objects import controller_ref
 from celery_operator.scaling.scaler import BuiltinScaler
 from celery_operator.status import pod_problem
 
 log = logging.getLogger("celery_operator")
 
-OWNED_LABELS = {"app.kubernetes.io/managed-by": MANAGED_BY}
-# Children the operator watches, to repair them and to follow their status.
-WATCHED_CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("networking.k8s.io", "v1", "ingresses"),
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("keda.sh", "v1alpha1", "triggerauthentications"),
-)
-OWNER_TASK = {"CeleryWorkerPool": "pool", "CeleryApp": "app", "Flower": "flower"}
+# Each kind's controller: its reconcile (a full and a status-only pass share it) and the
+# handler of its watch events. Keyed by the table's kinds: a kind without one fails here.
+CONTROLLERS: dict[str, tuple[Any, Any]] = {
+    "CeleryApp": (celeryapp.reconcile_app, celeryapp.on_app_event),
+    "CeleryWorkerPool": (celeryworkerpool.reconcile_pool, celeryworkerpool.on_pool_event),
+    "Flower": (flower.reconcile_flower, flower.on_flower_event),
+}
+assert set(CONTROLLERS) == {k.name for k in KINDS}, "every kind of api.kinds has a controller"
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -79,20 +81,17 @@ class OperatorConfig:
 
 
 def build_context(workers: int) -> Context:
-    cache = Cache()
-    ctx = Context(cache=cache, queue=WorkQueue({}, workers=workers))
-    ctx.scaler = BuiltinScaler(on_change=lambda key: ctx.queue.add("pool", key))
-    ctx.queue.reconcilers.update(
-        {
-            "app": partial(celeryapp.reconcile_app, ctx),
-            "app-status": partial(celeryapp.reconcile_app, ctx, apply=False),
-            "pool": partial(celeryworkerpool.reconcile_pool, ctx),
-            "pool-status": partial(celeryworkerpool.reconcile_pool, ctx, apply=False),
-            "flower": partial(flower.reconcile_flower, ctx),
-            "flower-status": partial(flower.reconcile_flower, ctx, apply=False),
-        }
-    )
+    ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers))
+    ctx.scaler = BuiltinScaler(on_change=lambda key: ctx.queue.add(POOL.task, key))
+    for kind in KINDS:
+        reconcile = CONTROLLERS[kind.name][0]
+        ctx.queue.reconcilers[kind.task] = partial(reconcile, ctx)
+        ctx.queue.reconcilers[f"{kind.task}-status"] = partial(reconcile, ctx, apply=False)
     return ctx
+
+
+def _status_task(kind: Kind) -> str:
+    return f"{kind.task}-status"
 
 
 def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
@@ -102,25 +101,15 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     ref = controller_ref(body)
     if ref is None or not str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
         return
-    task = OWNER_TASK.get(str(ref.get("kind")))
-    if task is None:
+    owner = BY_NAME.get(str(ref.get("kind")))
+    if owner is None:
         return
     key = (body["metadata"].get("namespace", ""), str(ref["name"]))
     if deleted or drifted:
-        ctx.queue.add(task, key)
+        ctx.queue.add(owner.task, key)
     elif body.get("kind") == "Deployment":
         # Rollouts send a burst of status events: one status write for the burst.
-        ctx.queue.add_soon(
-            "app-status" if task == "app" else f"{task}-status", key, CHILD_STATUS_DELAY
-        )
-
-
-# A pod's component -> the status task of its owner, and the label naming the owner.
-POD_OWNER = {
-    "worker": ("pool-status", LABEL_POOL),
-    "beat": ("app-status", LABEL_APP),
-    "flower": ("flower-status", LABEL_FLOWER),
-}
+        ctx.queue.add_soon(_status_task(owner), key, CHILD_STATUS_DELAY)
 
 
 def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
@@ -129,43 +118,41 @@ def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     meta = body["metadata"]
     labels = meta.get("labels") or {}
     component = str(labels.get(LABEL_COMPONENT, ""))
-    if component not in POD_OWNER:
+    owner = BY_POD_COMPONENT.get(component)
+    if owner is None:
         return
-    task, label = POD_OWNER[component]
-    owner_name = str(labels.get(label, ""))
+    owner_name = str(labels.get(owner.pod_owner_label, ""))
     if not owner_name:
         return
     ns = str(meta.get("namespace", ""))
     gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
     problem = None if gone else pod_problem(body)
     if ctx.cache.set_pod_problem((ns, component, owner_name), str(meta["name"]), problem):
-        ctx.queue.add_soon(task, (ns, owner_name), CHILD_STATUS_DELAY)
+        ctx.queue.add_soon(_status_task(owner), (ns, owner_name), CHILD_STATUS_DELAY)
 
 
 def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     name = body["metadata"]["name"]
     labels = dict(body["metadata"].get("labels") or {})
-    with ctx.cache.lock:
-        old = ctx.cache.namespaces.get(name)
-        if event_type == "DELETED":
-            ctx.cache.namespaces.pop(name, None)
-        else:
-            ctx.cache.namespaces[name] = labels
-    if old != labels:
+    old = ctx.cache.put(NAMESPACE.kind, ("", name), None if event_type == "DELETED" else body)
+    old_labels = None if old is None else dict(old["metadata"].get("labels") or {})
+    if old_labels != labels:
         # workerPoolPolicy selects namespaces by label: pools here may bind or unbind.
-        ctx.queue.add_many("pool", [k for k in list(ctx.cache.pools) if k[0] == name])
+        ctx.queue.add_many(POOL.task, [k for k in ctx.cache.keys(POOL.name) if k[0] == name])
 
 
-PRIMARY_TABLES = {"CeleryApp": "apps", "CeleryWorkerPool": "pools", "Flower": "flowers"}
-CHILD_KINDS = (
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("networking.k8s.io/v1", "Ingress"),
-    ("keda.sh/v1alpha1", "ScaledObject"),
-    ("keda.sh/v1alpha1", "TriggerAuthentication"),
-)
+def _list(
+    resource: Resource, scopes: list[str | None], label_selector: str = ""
+) -> list[dict[str, Any]]:
+    from celery_operator.k8s import client
+
+    out = []
+    for scope in scopes if resource.namespaced else [None]:
+        for obj in client.list_objects(resource.api_version, resource.kind, scope, label_selector):
+            obj.setdefault("apiVersion", resource.api_version)
+            obj.setdefault("kind", resource.kind)
+            out.append(obj)
+    return out
 
 
 def prime_cache(ctx: Context, namespaces: list[str]) -> None:
@@ -177,29 +164,26 @@ def prime_cache(ctx: Context, namespaces: list[str]) -> None:
     from celery_operator.k8s import client
 
     scopes: list[str | None] = list(namespaces) or [None]
-    for ns in client.list_objects("v1", "Namespace"):
-        ctx.cache.namespaces[ns["metadata"]["name"]] = dict(ns["metadata"].get("labels") or {})
-    for kind, table in PRIMARY_TABLES.items():
-        for scope in scopes:
-            for obj in client.list_objects(f"{GROUP}/{VERSION}", kind, scope):
-                obj.setdefault("apiVersion", f"{GROUP}/{VERSION}")
-                obj.setdefault("kind", kind)
-                ctx.cache.put(table, (obj["metadata"]["namespace"], obj["metadata"]["name"]), obj)
-    selector = ",".join(f"{k}={v}" for k, v in OWNED_LABELS.items())
-    for api_version, kind in CHILD_KINDS:
-        for scope in scopes:
-            try:
-                items = client.list_objects(api_version, kind, scope, selector)
-            except client.ApiError as e:
-                if e.not_found:  # e.g. KEDA not installed
-                    continue
-                raise
-            for obj in items:
-                obj.setdefault("apiVersion", api_version)
-                obj.setdefault("kind", kind)
-                ctx.cache.put_child(obj, deleted=False)
-    for table, task in (("apps", "app"), ("pools", "pool"), ("flowers", "flower")):
-        ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
+    for resource in (NAMESPACE, *(k.resource for k in KINDS)):
+        for obj in _list(resource, scopes):
+            ctx.cache.put(
+                resource.kind, (obj["metadata"].get("namespace", ""), obj["metadata"]["name"]), obj
+            )
+    for child in watched_children():
+        try:
+            items = _list(child.resource, scopes, selector(OWNED_LABELS))
+        except client.ApiError as e:
+            if e.not_found and child.optional:  # e.g. KEDA not installed
+                continue
+            raise
+        for obj in items:
+            ctx.cache.put_child(obj, deleted=False)
+    enqueue_all(ctx)
+
+
+def enqueue_all(ctx: Context) -> None:
+    for kind in KINDS:
+        ctx.queue.add_many(kind.task, ctx.cache.keys(kind.name))
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig) -> None:
@@ -213,18 +197,17 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
 
         return wrapped
 
-    for plural, handler in (
-        ("celeryapps", celeryapp.on_app_event),
-        ("celeryworkerpools", celeryworkerpool.on_pool_event),
-        ("flowers", flower.on_flower_event),
-    ):
-        kopf.on.event(GROUP, VERSION, plural, registry=registry)(spy(handler))
-    for group, version, plural in WATCHED_CHILDREN:
-        kopf.on.event(group, version, plural, labels=OWNED_LABELS, registry=registry)(
-            spy(on_child_event)
-        )
-    kopf.on.event("", "v1", "namespaces", registry=registry)(spy(on_namespace_event))
-    kopf.on.event("", "v1", "pods", labels=OWNED_LABELS, registry=registry)(spy(on_pod_event))
+    def watch(resource: Resource, handler: Any, labels: dict[str, str] | None = None) -> None:
+        kopf.on.event(
+            resource.group, resource.version, resource.plural, labels=labels, registry=registry
+        )(spy(handler))
+
+    for kind in KINDS:
+        watch(kind.resource, CONTROLLERS[kind.name][1])
+    for child in watched_children():
+        watch(child.resource, on_child_event, OWNED_LABELS)
+    watch(NAMESPACE, on_namespace_event)
+    watch(POD, on_pod_event, OWNED_LABELS)
     background: list[asyncio.Task[None]] = []
 
     @kopf.on.login(registry=registry)
@@ -275,8 +258,7 @@ async def resync(ctx: Context, interval: float) -> None:
     """Reconciles everything periodically: a safety net under the watches."""
     while True:
         await asyncio.sleep(interval * (0.9 + random.random() / 5))
-        for table, task in (("apps", "app"), ("pools", "pool"), ("flowers", "flower")):
-            ctx.queue.add_many(task, list(getattr(ctx.cache, table)))
+        enqueue_all(ctx)
 
 
 def run(config: OperatorConfig) -> None:

@@ -1,1 +1,1 @@
-"""k8s."""
+"""The only package that talks to the Kubernetes API (plain dicts in and out)."""

@@ -5,18 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from celery_operator.api.labels import FIELD_MANAGER
 from celery_operator.k8s import client
+from celery_operator.k8s.objects import controller_uid
 
 
 class ChildConflictError(Exception):
     """A child's name is taken by an object that this owner does not control."""
-
-
-def controller_uid(obj: Mapping[str, Any]) -> str | None:
-    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-        if ref.get("controller"):
-            return str(ref.get("uid"))
-    return None
 
 
 def apply_owned(
@@ -75,7 +70,7 @@ def hand_off_replicas(live: Mapping[str, Any]) -> bool:
     second field manager takes co-ownership at the current value: otherwise server-side
     apply would drop the field and the Deployment would fall back to 1 replica until the
     autoscaler acts. Returns whether a hand-off was needed."""
-    if not owns_field(live, client.FIELD_MANAGER, "spec", "replicas"):
+    if not owns_field(live, FIELD_MANAGER, "spec", "replicas"):
         return False
     meta = live["metadata"]
     client.apply_object(

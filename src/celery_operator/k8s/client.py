@@ -11,21 +11,21 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
+from celery_operator.api.kinds import Resource, resources
+from celery_operator.api.labels import FIELD_MANAGER
+
 API_REQUESTS = Counter(
     "celery_operator_api_requests_total",
     "Requests to the Kubernetes API, by method, resource and status class",
     ["method", "resource", "code"],
 )
-
-FIELD_MANAGER = "celery-operator"
 
 
 class ApiError(RuntimeError):
@@ -53,57 +53,34 @@ class ApiError(RuntimeError):
         return self.status in (0, 429, 500, 502, 503, 504)
 
 
-@dataclass(frozen=True)
-class Resource:
-    group: str
-    version: str
-    plural: str
-    namespaced: bool = True
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    def path(self, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
-        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
-        base += f"/{self.plural}"
-        if name:
-            base += f"/{name}"
-        if sub:
-            base += f"/{sub}"
-        return base
-
-
+# The table's resources (the kinds, their children, what the operator reads), and what
+# the webhook and the tests touch besides: its configurations and the CRDs.
 RESOURCES: dict[str, Resource] = {
-    "v1/Namespace": Resource("", "v1", "namespaces", namespaced=False),
-    "v1/Secret": Resource("", "v1", "secrets"),
-    "v1/Service": Resource("", "v1", "services"),
-    "apps/v1/Deployment": Resource("apps", "v1", "deployments"),
-    "policy/v1/PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
-    "autoscaling/v2/HorizontalPodAutoscaler": Resource(
-        "autoscaling", "v2", "horizontalpodautoscalers"
-    ),
-    "networking.k8s.io/v1/Ingress": Resource("networking.k8s.io", "v1", "ingresses"),
-    "keda.sh/v1alpha1/ScaledObject": Resource("keda.sh", "v1alpha1", "scaledobjects"),
-    "keda.sh/v1alpha1/TriggerAuthentication": Resource(
-        "keda.sh", "v1alpha1", "triggerauthentications"
-    ),
-    "celeryproject.org/v1alpha1/CeleryApp": Resource("celeryproject.org", "v1alpha1", "celeryapps"),
-    "celeryproject.org/v1alpha1/CeleryWorkerPool": Resource(
-        "celeryproject.org", "v1alpha1", "celeryworkerpools"
-    ),
-    "celeryproject.org/v1alpha1/Flower": Resource("celeryproject.org", "v1alpha1", "flowers"),
-    "admissionregistration.k8s.io/v1/ValidatingWebhookConfiguration": Resource(
-        "admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations", namespaced=False
-    ),
-    "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration": Resource(
-        "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", namespaced=False
-    ),
-    "apiextensions.k8s.io/v1/CustomResourceDefinition": Resource(
-        "apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False
-    ),
+    r.key: r
+    for r in (
+        *resources(),
+        Resource(
+            "admissionregistration.k8s.io",
+            "v1",
+            "ValidatingWebhookConfiguration",
+            "validatingwebhookconfigurations",
+            namespaced=False,
+        ),
+        Resource(
+            "admissionregistration.k8s.io",
+            "v1",
+            "MutatingWebhookConfiguration",
+            "mutatingwebhookconfigurations",
+            namespaced=False,
+        ),
+        Resource(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            namespaced=False,
+        ),
+    )
 }
 
 
@@ -216,16 +193,78 @@ def get_object(
 def list_objects(
     api_version: str, kind: str, namespace: str | None = None, label_selector: str = ""
 ) -> list[dict[str, Any]]:
-    r = resource(api_version, kind)
     query = [("labelSelector", label_selector)] if label_selector else []
+    return _list(resource(api_version, kind), namespace, query)[0]
+
+
+def list_with_version(
+    api_version: str, kind: str, namespace: str | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """Every object of a kind, and the list's resourceVersion (where a watch starts)."""
+    return _list(resource(api_version, kind), namespace, [])
+
+
+def _list(
+    r: Resource, namespace: str | None, query: list[tuple[str, str]]
+) -> tuple[list[dict[str, Any]], str]:
+    """All pages of a LIST (500 objects a page) and the resourceVersion they were read at."""
     out: list[dict[str, Any]] = []
     cont = ""
     while True:
         page = _call("GET", r.path(namespace), query=[*query, ("limit", "500"), ("continue", cont)])
         out.extend(page.get("items", []))
-        cont = page.get("metadata", {}).get("continue", "")
+        meta = page.get("metadata", {})
+        cont = meta.get("continue", "")
         if not cont:
-            return out
+            return out, str(meta.get("resourceVersion", ""))
+
+
+def watch_events(
+    api_version: str, kind: str, resource_version: str, timeout_seconds: int = 300
+) -> Iterator[dict[str, Any]]:
+    """WATCHes a kind in every namespace from `resource_version`, with bookmarks. Yields
+    the decoded events ({"type": ..., "object": ...}, ERROR events included) until the
+    server ends the watch (after about `timeout_seconds`). Failures raise ApiError."""
+    r = resource(api_version, kind)
+    api = _api()
+    query = [
+        ("watch", "true"),
+        ("resourceVersion", resource_version),
+        ("allowWatchBookmarks", "true"),
+        ("timeoutSeconds", str(timeout_seconds)),
+    ]
+    _, url, headers, _, _ = api.param_serialize(
+        "GET", r.path(), query_params=query, auth_settings=["BearerToken"]
+    )
+    try:
+        response = api.rest_client.pool_manager.request(
+            "GET", url, headers=headers, preload_content=False, timeout=timeout_seconds + 30
+        )
+    except Exception as e:  # no answer from the server
+        API_REQUESTS.labels("WATCH", r.plural, "none").inc()
+        raise ApiError(0, type(e).__name__, str(e)) from None
+    API_REQUESTS.labels("WATCH", r.plural, f"{response.status // 100}xx").inc()
+    try:
+        if response.status != 200:
+            reason = response.reason or ""
+            raise ApiError(response.status, reason, _message(response.read(), reason))
+        chunks = response.stream(4096, decode_content=True)
+        buffer = b""
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except Exception as e:  # the connection broke mid-watch
+                raise ApiError(0, type(e).__name__, str(e)) from None
+            if chunk is None:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield dict(json.loads(line))
+    finally:
+        response.close()
+        response.release_conn()
 
 
 def get_secret_value(namespace: str, name: str, key: str) -> str | None:
@@ -321,11 +360,42 @@ def patch_status(
     )
 
 
-def patch_object(
-    api_version: str, kind: str, name: str, namespace: str | None, patch: Mapping[str, Any]
+def create_object(
+    manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
 ) -> dict[str, Any]:
-    """A JSON merge patch of the object itself (used for small, owned fields)."""
-    r = resource(api_version, kind)
+    """Creates an object (POST) and returns it; a name already taken raises ApiError 409."""
+    meta = manifest["metadata"]
+    r = resource(manifest["apiVersion"], manifest["kind"])
     return _call(
-        "PATCH", r.path(namespace, name), body=patch, content_type="application/merge-patch+json"
+        "POST",
+        r.path(meta.get("namespace")),
+        body=manifest,
+        query=[("fieldManager", field_manager)],
+    )
+
+
+def patch_object(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str | None,
+    patch: Mapping[str, Any],
+    *,
+    field_manager: str | None = None,
+    resource_version: str | None = None,
+) -> dict[str, Any]:
+    """A JSON merge patch of the object itself (used for small, owned fields), written
+    under `field_manager` when given. With `resource_version`, the apiserver applies it
+    only if the object is still at that version (else ApiError 409)."""
+    r = resource(api_version, kind)
+    body = patch
+    if resource_version is not None:
+        meta = {**dict(patch.get("metadata") or {}), "resourceVersion": resource_version}
+        body = {**patch, "metadata": meta}
+    return _call(
+        "PATCH",
+        r.path(namespace, name),
+        body=body,
+        query=[("fieldManager", field_manager)] if field_manager else None,
+        content_type="application/merge-patch+json",
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from celery_operator.api.labels import FIELD_MANAGER
 from celery_operator.k8s import client
 
 TLS_SECRET = "kubernetes.io/tls"
@@ -32,7 +33,7 @@ def create_secret(
     *,
     type_: str = "Opaque",
     labels: Mapping[str, str] | None = None,
-    field_manager: str = client.FIELD_MANAGER,
+    field_manager: str = FIELD_MANAGER,
 ) -> dict[str, Any] | None:
     """Creates a Secret (values already base64; None values are left out). Returns the
     created object, or None when a Secret of that name already exists."""
@@ -44,12 +45,7 @@ def create_secret(
         "data": {k: v for k, v in data.items() if v is not None},
     }
     try:
-        return client._call(
-            "POST",
-            client.resource("v1", "Secret").path(namespace),
-            body=body,
-            query=[("fieldManager", field_manager)],
-        )
+        return client.create_object(body, field_manager=field_manager)
     except client.ApiError as e:
         if e.conflict:  # 409 AlreadyExists: another replica won the race
             return None
@@ -64,23 +60,22 @@ def merge_patch(
     patch: Mapping[str, Any],
     *,
     resource_version: str,
-    field_manager: str = client.FIELD_MANAGER,
+    field_manager: str = FIELD_MANAGER,
 ) -> dict[str, Any] | None:
     """A JSON merge patch applied only if the object is still at `resource_version`.
 
     Returns the patched object, or None when the object changed (409) or disappeared (404)
     since it was read: the caller re-reads and decides again.
     """
-    body = dict(patch)
-    body["metadata"] = {**dict(patch.get("metadata") or {}), "resourceVersion": resource_version}
-    r = client.resource(api_version, kind)
     try:
-        return client._call(
-            "PATCH",
-            r.path(namespace, name),
-            body=body,
-            query=[("fieldManager", field_manager)],
-            content_type="application/merge-patch+json",
+        return client.patch_object(
+            api_version,
+            kind,
+            name,
+            namespace,
+            patch,
+            field_manager=field_manager,
+            resource_version=resource_version,
         )
     except client.ApiError as e:
         if e.conflict or e.not_found:

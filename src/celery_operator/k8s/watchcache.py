@@ -62,37 +62,21 @@ class WatchCache:
             self._stop.wait(self.restart_delay)
 
     def _list(self) -> str:
-        page = client._call("GET", self.resource.path())
+        objects, version = client.list_with_version(self.api_version, self.kind)
         items = {}
-        for obj in page.get("items", []):
+        for obj in objects:
             meta = obj["metadata"]
             items[(meta.get("namespace", ""), meta["name"])] = obj
         with self._lock:
             self._items = items
         self.synced.set()
-        return str(page.get("metadata", {}).get("resourceVersion", ""))
+        return version
 
     def _watch(self, version: str) -> None:
         """Follows the watch from `version` until it ends (then reconnects from the last
         version seen) or fails (then the caller relists)."""
-        api = client._api()
         while not self._stop.is_set():
-            query = [
-                ("watch", "true"),
-                ("resourceVersion", version),
-                ("allowWatchBookmarks", "true"),
-                ("timeoutSeconds", "300"),
-            ]
-            _, url, headers, _, _ = api.param_serialize(
-                "GET", self.resource.path(), query_params=query, auth_settings=["BearerToken"]
-            )
-            response = api.rest_client.pool_manager.request(
-                "GET", url, headers=headers, preload_content=False, timeout=330
-            )
-            if response.status != 200:
-                response.release_conn()
-                raise RuntimeError(f"watch answered {response.status}")
-            for event in _lines(response):
+            for event in client.watch_events(self.api_version, self.kind, version):
                 obj = event.get("object") or {}
                 meta = obj.get("metadata") or {}
                 if event.get("type") == "ERROR":  # e.g. 410 Gone: relist
@@ -106,20 +90,6 @@ class WatchCache:
                         self._items.pop(key, None)
                     else:
                         self._items[key] = obj
-
-
-def _lines(response: Any) -> Any:
-    """Decoded JSON events from a streaming watch response."""
-    import json
-
-    buffer = b""
-    for chunk in response.stream(4096, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            if line.strip():
-                yield json.loads(line)
-    response.close()
 
 
 def wait_synced(caches: list[WatchCache], timeout: float) -> bool:

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from celery_operator.api.base import GROUP
-from celery_operator.api.crd import KINDS, build_crd
+from celery_operator.api.crd import build_crd
+from celery_operator.api.kinds import KINDS
 from celery_operator.manifests.rbac import (
     operator_rules,
     webhook_cluster_rules,

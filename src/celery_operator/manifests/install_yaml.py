@@ -4,16 +4,15 @@ CRDs included, after a Namespace object.
 
     python -m celery_operator.manifests.install_yaml [--root .] [--helm PATH] [--check]
 
-`make install-yaml` runs it (and `make manifests` runs that, after regenerating the
-chart's CRDs and RBAC rules). It needs the helm binary: --helm, else $HELM, else the one
-testenv builds (`make testenv`), else helm on PATH. The output is deterministic for a given
-helm version (testenv pins it); a test compares the committed file with a fresh render.
+`make install-yaml` runs it with testenv's pinned helm (and `make manifests` runs that,
+after regenerating the chart's CRDs and RBAC rules). Run directly, it takes helm from
+--helm, else $HELM, else PATH. The output is deterministic for a given helm version, so
+use the pinned one; a test compares the committed file with a fresh render.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import subprocess
@@ -46,23 +45,17 @@ class HelmNotFoundError(RuntimeError):
 
 
 def find_helm(explicit: str | None = None) -> Path:
-    """--helm, else $HELM, else testenv's pinned build, else helm on PATH."""
+    """--helm, else $HELM, else helm on PATH."""
     if explicit:
         return Path(explicit)
     if os.environ.get("HELM"):
         return Path(os.environ["HELM"])
-    try:  # the repository's testenv (not part of the installed package)
-        controlplane = importlib.import_module("testenv.controlplane")
-        helm = Path(controlplane.find_binaries().helm)
-        if helm.exists():
-            return helm
-    except Exception:  # no testenv checkout, or its binaries are not built
-        pass
     on_path = shutil.which("helm")
     if on_path:
         return Path(on_path)
     raise HelmNotFoundError(
-        "helm not found: run `make testenv` (builds the pinned helm), set HELM, or pass --helm"
+        "helm not found: pass --helm or set HELM, or run `make install-yaml` "
+        "(which uses testenv's pinned helm)"
     )
 
 
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     try:
         content = render_install_yaml(find_helm(args.helm), root)
-    except (HelmNotFoundError, RuntimeError) as e:
+    except (HelmNotFoundError, RuntimeError, OSError) as e:  # OSError: no such helm
         print(f"install-yaml: {e}", file=sys.stderr)
         return 1
     path = root / OUTPUT

@@ -5,56 +5,59 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery_operator.api.base import GROUP
+from celery_operator.api.kinds import KINDS, NAMESPACE, POD, Resource, child_kinds
 
 CHILD_VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
+UNWATCHED_CHILD_VERBS = ["get", "create", "patch", "update", "delete"]
 READ = ["get", "list", "watch"]
 
 
+def _by_group(resources: list[Resource], suffix: str = "") -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for r in resources:
+        groups.setdefault(r.group, []).append(r.plural + suffix)
+    return groups
+
+
 def operator_rules() -> list[dict[str, Any]]:
+    """From the table of kinds: read the kinds and write their status; create, repair and
+    delete every child kind (never list or watch an unwatched one: Secrets); read what the
+    operator only observes."""
+    kinds = [k.resource for k in KINDS]
+    rules: list[dict[str, Any]] = [
+        # The kinds: read them, write only their status.
+        *(
+            {"apiGroups": [g], "resources": p, "verbs": list(READ)}
+            for g, p in _by_group(kinds).items()
+        ),
+        *(
+            {"apiGroups": [g], "resources": p, "verbs": ["get", "patch", "update"]}
+            for g, p in _by_group(kinds, "/status").items()
+        ),
+    ]
+    # Children it creates, repairs and deletes. An unwatched kind (Secrets: the apps'
+    # connection Secrets are read, mirrors and KEDA credentials written) gets no list or
+    # watch: the operator cannot enumerate the cluster's Secrets.
+    for watched in (True, False):
+        children = [c.resource for c in child_kinds() if c.watched == watched]
+        verbs = CHILD_VERBS if watched else UNWATCHED_CHILD_VERBS
+        rules += (
+            {"apiGroups": [g], "resources": p, "verbs": list(verbs)}
+            for g, p in _by_group(children).items()
+        )
     return [
-        # The three kinds: read them, write only their status.
-        {
-            "apiGroups": [GROUP],
-            "resources": ["celeryapps", "celeryworkerpools", "flowers"],
-            "verbs": READ,
-        },
-        {
-            "apiGroups": [GROUP],
-            "resources": ["celeryapps/status", "celeryworkerpools/status", "flowers/status"],
-            "verbs": ["get", "patch", "update"],
-        },
-        # Children it creates, repairs and deletes.
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": CHILD_VERBS},
-        {"apiGroups": [""], "resources": ["services"], "verbs": CHILD_VERBS},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": CHILD_VERBS},
-        {
-            "apiGroups": ["autoscaling"],
-            "resources": ["horizontalpodautoscalers"],
-            "verbs": CHILD_VERBS,
-        },
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": CHILD_VERBS},
-        {
-            "apiGroups": ["keda.sh"],
-            "resources": ["scaledobjects", "triggerauthentications"],
-            "verbs": CHILD_VERBS,
-        },
-        # Secrets: read the apps' connection Secrets, write its mirrors and KEDA
-        # credentials. Never list or watch: it cannot enumerate the cluster's Secrets.
-        {
-            "apiGroups": [""],
-            "resources": ["secrets"],
-            "verbs": ["get", "create", "patch", "update", "delete"],
-        },
-        # Its workers', beat's and Flower's pods: why they cannot run, for the status.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": READ},
-        # workerPoolPolicy selects namespaces by label.
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": READ},
+        *rules,
+        # Its workers', beat's and Flower's pods: why they cannot run, for the status;
+        # namespaces: workerPoolPolicy selects them by label.
+        *(
+            {"apiGroups": [g], "resources": p, "verbs": list(READ)}
+            for g, p in _by_group([POD, NAMESPACE]).items()
+        ),
         # kopf discovers resources (KEDA's may appear later) through CRDs: read only.
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
-            "verbs": READ,
+            "verbs": list(READ),
         },
     ]
 
@@ -94,12 +97,10 @@ def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[s
     return [
         # Admission reads the app a pool names, sibling pools, Flowers and namespace labels,
         # from watch-driven caches (no API round trip per review).
-        {
-            "apiGroups": [GROUP],
-            "resources": ["celeryapps", "celeryworkerpools", "flowers"],
-            "verbs": ["get", "list", "watch"],
-        },
-        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+        *(
+            {"apiGroups": [g], "resources": p, "verbs": list(READ)}
+            for g, p in _by_group([*(k.resource for k in KINDS), NAMESPACE]).items()
+        ),
         # The broker URL's scheme decides whether the built-in scaler can read it: get only.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         # CA injection into its own two configurations, and nothing else.

@@ -2,10 +2,11 @@
 
 Fields, types, defaults, validation and CEL rules come from the JSON Schema of the pydantic
 models, the same schema `api.crd` turns into the CRDs; names, short names, printer columns
-and subresources come from `api.crd.KINDS`. Core Kubernetes types (EnvVar, Affinity, ...)
+and subresources come from `api.kinds.KINDS`. Core Kubernetes types (EnvVar, Affinity, ...)
 are named, not expanded: they carry the upstream schema and are documented upstream. The
-only hand-written part is what the controllers put in `status.conditions` (`CONDITIONS`),
-which no schema can say; a unit test checks that every reason listed is one the code sets.
+only hand-written part is what the plans put in `status.conditions` (`CONDITIONS`: the
+meanings of the types and reasons of `api.conditions`), which no schema can say;
+tests/unit/test_plans.py checks that the reasons the plans set are exactly these.
 """
 
 from __future__ import annotations
@@ -18,7 +19,33 @@ from typing import Any
 from pydantic import BaseModel
 
 from celery_operator.api.base import API_VERSION, GROUP, K8S_REF, VERSION
-from celery_operator.api.crd import CATEGORY, KINDS, KindInfo
+from celery_operator.api.conditions import (
+    ACCEPTED,
+    ALL_COMPONENTS_READY,
+    APP_INVALID,
+    APP_NOT_FOUND,
+    AS_EXPECTED,
+    AVAILABLE,
+    BOUND,
+    CHILD_CONFLICT,
+    COMPLETE,
+    COMPONENTS_UNAVAILABLE,
+    CREATING,
+    DEGRADED,
+    INVALID_SPEC,
+    PAUSED,
+    POD_PROBLEM_REASONS,
+    POLLING,
+    PROGRESSING,
+    QUEUE_LENGTH_READ,
+    READY,
+    RECONCILING,
+    ROLLING_OUT,
+    ROLLOUT_FAILED,
+    SCALING_ACTIVE,
+)
+from celery_operator.api.crd import CATEGORY
+from celery_operator.api.kinds import KINDS, Kind
 
 K8S_API_REFERENCE = "https://kubernetes.io/docs/reference/kubernetes-api/"
 HEADER = (
@@ -87,9 +114,9 @@ _BLOCKED_POOL = (
 )
 
 _ROLLOUT_READY = (
-    _r("True", "Available", "Every desired replica is ready on the latest spec."),
-    _r("False", "Creating", "The Deployment does not exist yet."),
-    _r("False", "Progressing", "Some desired replicas are not ready yet."),
+    _r("True", AVAILABLE, "Every desired replica is ready on the latest spec."),
+    _r("False", CREATING, "The Deployment does not exist yet."),
+    _r("False", PROGRESSING, "Some desired replicas are not ready yet."),
     _r(
         "False",
         "RolloutFailed",
@@ -99,10 +126,10 @@ _ROLLOUT_READY = (
 )
 
 _ROLLOUT_RECONCILING = (
-    _r("True", "Creating", "Creating the Deployment."),
-    _r("True", "RollingOut", "Pods of the latest spec are being rolled out or scaled."),
-    _r("False", "Complete", "The latest spec is rolled out."),
-    _r("False", "RolloutFailed", "As Ready: the rollout is stuck."),
+    _r("True", CREATING, "Creating the Deployment."),
+    _r("True", ROLLING_OUT, "Pods of the latest spec are being rolled out or scaled."),
+    _r("False", COMPLETE, "The latest spec is rolled out."),
+    _r("False", ROLLOUT_FAILED, "As Ready: the rollout is stuck."),
     _r(
         "False",
         "Paused",
@@ -110,13 +137,28 @@ _ROLLOUT_RECONCILING = (
     ),
 )
 
+
+def _pod_problems(what: str) -> tuple[Reason, ...]:
+    """While the Deployment rolls out, Ready names why a pod cannot run instead of
+    Progressing: the container's waiting reason, or Unschedulable."""
+    return tuple(
+        _r(
+            "False",
+            reason,
+            f"A {what} pod cannot run; the message names the pod and what the kubelet or the "
+            "scheduler says (for CrashLoopBackOff, the last exit code and the end of its log).",
+        )
+        for reason in POD_PROBLEM_REASONS
+    )
+
+
 CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
     "CeleryApp": (
         ConditionDoc(
-            "Ready",
+            READY,
             "Summary: every accepted pool, the Flower and beat (when enabled) are ready.",
             (
-                _r("True", "AllComponentsReady", "Every component is ready."),
+                _r("True", ALL_COMPONENTS_READY, "Every component is ready."),
                 _r(
                     "False",
                     "ComponentsNotReady",
@@ -137,34 +179,34 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
             ),
         ),
         ConditionDoc(
-            "Reconciling",
+            RECONCILING,
             "True while some component is rolling out.",
             (
-                _r("True", "RollingOut", "A pool, the Flower or beat is rolling out."),
-                _r("False", "Complete", "Every component is up to date."),
-                _r("False", "Paused", "`spec.paused` is true: children are not changed."),
-                _r("False", "InvalidSpec", "Nothing is created from an invalid spec."),
-                _r("False", "ChildConflict", "As Ready."),
+                _r("True", ROLLING_OUT, "A pool, the Flower or beat is rolling out."),
+                _r("False", COMPLETE, "Every component is up to date."),
+                _r("False", PAUSED, "`spec.paused` is true: children are not changed."),
+                _r("False", INVALID_SPEC, "Nothing is created from an invalid spec."),
+                _r("False", CHILD_CONFLICT, "As Ready."),
             ),
         ),
         ConditionDoc(
-            "Degraded",
+            DEGRADED,
             "True when something that should run is not ready and no rollout explains it.",
             (
-                _r("True", "ComponentsUnavailable", "The message lists what is not ready."),
-                _r("False", "AsExpected", "Nothing unexplained is missing."),
-                _r("False", "InvalidSpec", "See Ready."),
-                _r("True", "ChildConflict", "See Ready."),
+                _r("True", COMPONENTS_UNAVAILABLE, "The message lists what is not ready."),
+                _r("False", AS_EXPECTED, "Nothing unexplained is missing."),
+                _r("False", INVALID_SPEC, "See Ready."),
+                _r("True", CHILD_CONFLICT, "See Ready."),
             ),
         ),
     ),
     "CeleryWorkerPool": (
         ConditionDoc(
-            "Accepted",
+            ACCEPTED,
             "Whether the pool is bound to its app. Only an accepted pool runs workers and is "
             "counted in the app's status.",
             (
-                _r("True", "Bound", "Bound to the CeleryApp named by `spec.appRef`."),
+                _r("True", BOUND, "Bound to the CeleryApp named by `spec.appRef`."),
                 _r(
                     "False",
                     "AppNotFound",
@@ -187,7 +229,7 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
             ),
         ),
         ConditionDoc(
-            "Ready",
+            READY,
             "Summary: every desired worker replica is ready on the latest spec.",
             (
                 *_ROLLOUT_READY[:1],
@@ -197,11 +239,12 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                     "Zero replicas are desired (`replicas: 0`, or scaled to zero).",
                 ),
                 *_ROLLOUT_READY[1:],
+                *_pod_problems("worker"),
                 *_BLOCKED_POOL,
             ),
         ),
         ConditionDoc(
-            "Reconciling",
+            RECONCILING,
             "True while the worker Deployment is being created or rolled out.",
             (
                 *_ROLLOUT_RECONCILING,
@@ -209,12 +252,12 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
             ),
         ),
         ConditionDoc(
-            "ScalingActive",
+            SCALING_ACTIVE,
             "Only with `autoscaling.queueLength.engine: builtin`: whether the operator can read "
             "the queue lengths.",
             (
-                _r("True", "Polling", "Waiting for the first queue-length poll."),
-                _r("True", "QueueLengthRead", "The message says how many tasks wait."),
+                _r("True", POLLING, "Waiting for the first queue-length poll."),
+                _r("True", QUEUE_LENGTH_READ, "The message says how many tasks wait."),
                 _r(
                     "False",
                     "BrokerUnreachable",
@@ -225,10 +268,10 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
     ),
     "Flower": (
         ConditionDoc(
-            "Accepted",
+            ACCEPTED,
             "Whether the Flower is bound to its app (in its own namespace).",
             (
-                _r("True", "Bound", "Monitoring the CeleryApp named by `spec.appRef.name`."),
+                _r("True", BOUND, "Monitoring the CeleryApp named by `spec.appRef.name`."),
                 _r(
                     "False",
                     "AppNotFound",
@@ -244,24 +287,25 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
             ),
         ),
         ConditionDoc(
-            "Ready",
+            READY,
             "Summary: the Flower pod is ready on the latest spec.",
             (
                 *_ROLLOUT_READY,
-                _r("False", "InvalidSpec", "See Accepted."),
-                _r("False", "AppInvalid", "The app's spec is invalid; nothing is rendered."),
-                _r("False", "ChildConflict", "A child's name is taken by a foreign object."),
-                _r("False", "AppNotFound", "See Accepted."),
+                *_pod_problems("Flower"),
+                _r("False", INVALID_SPEC, "See Accepted."),
+                _r("False", APP_INVALID, "The app's spec is invalid; nothing is rendered."),
+                _r("False", CHILD_CONFLICT, "A child's name is taken by a foreign object."),
+                _r("False", APP_NOT_FOUND, "See Accepted."),
             ),
         ),
         ConditionDoc(
-            "Reconciling",
+            RECONCILING,
             "True while the Flower Deployment is being created or rolled out.",
             (
                 *_ROLLOUT_RECONCILING,
                 *(
                     _r("False", r, "As Ready.")
-                    for r in ("InvalidSpec", "AppInvalid", "ChildConflict", "AppNotFound")
+                    for r in (INVALID_SPEC, APP_INVALID, CHILD_CONFLICT, APP_NOT_FOUND)
                 ),
             ),
         ),
@@ -471,7 +515,7 @@ def _anchor(kind: str) -> str:
     return kind.lower()
 
 
-def _kind_summary(info: KindInfo) -> list[str]:
+def _kind_summary(info: Kind) -> list[str]:
     sub = ["status"] + (["scale"] if info.scale else [])
     rows = [
         ["API version", f"`{API_VERSION}`"],
@@ -492,7 +536,7 @@ def _kind_summary(info: KindInfo) -> list[str]:
     return lines
 
 
-def _columns(info: KindInfo) -> list[str]:
+def _columns(info: Kind) -> list[str]:
     rows = [
         [
             c["name"],
@@ -546,17 +590,17 @@ def _conditions(kind: str) -> list[str]:
     return lines
 
 
-def _kind(info: KindInfo, used_by: dict[str, list[str]]) -> list[str]:
+def _kind(info: Kind, used_by: dict[str, list[str]]) -> list[str]:
     spec = schema_doc(info.spec, "spec")
     status = schema_doc(info.status, "status")
     for doc in (spec, status):
         for level in doc.levels:
             for f in level.fields:
                 if f.core is not None:
-                    used_by.setdefault(f.core, []).append(f"{info.kind} `{f.path}`")
+                    used_by.setdefault(f.core, []).append(f"{info.name} `{f.path}`")
     return [
         "",
-        f"## {info.kind}",
+        f"## {info.name}",
         "",
         info.description,
         "",
@@ -585,7 +629,7 @@ def _kind(info: KindInfo, used_by: dict[str, list[str]]) -> list[str]:
         "",
         "`metav1.Condition`s; `lastTransitionTime` changes only when `status` does, and "
         "`observedGeneration` says which spec they describe.",
-        *_conditions(info.kind),
+        *_conditions(info.name),
     ]
 
 
@@ -627,7 +671,7 @@ def _lines() -> Iterator[str]:
     )
     yield ""
     for info in KINDS:
-        yield f"- [{info.kind}](#{_anchor(info.kind)}) (`{info.short_names[0]}`)"
+        yield f"- [{info.name}](#{_anchor(info.name)}) (`{info.short_names[0]}`)"
     yield "- [Core Kubernetes types](#core-kubernetes-types)"
     yield from body
     yield from _core_types(used_by)

@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery_operator.api.base import GROUP, VERSION
+from celery_operator.api.kinds import KINDS, Kind
 
 NAME = "celery-operator"
 SERVICE = "celery-operator-webhook"
 DEFAULT_NAMESPACE = "celery-operator-system"
-PLURALS = ("celeryapps", "celeryworkerpools", "flowers")
-SINGULAR = {"celeryapps": "celeryapp", "celeryworkerpools": "celeryworkerpool", "flowers": "flower"}
 
 
 def _client_config(
@@ -31,18 +30,18 @@ def _client_config(
 
 
 def _webhook(
-    kind: str, plural: str, namespace: str, url_base: str | None, ca_bundle: str | None
+    what: str, kind: Kind, namespace: str, url_base: str | None, ca_bundle: str | None
 ) -> dict[str, Any]:
-    mutating = kind == "mutate"
+    mutating = what == "mutate"
     return {
-        "name": f"{'m' if mutating else 'v'}{SINGULAR[plural]}.{GROUP}",
-        "clientConfig": _client_config(f"/{kind}/{plural}", namespace, url_base, ca_bundle),
+        "name": f"{'m' if mutating else 'v'}{kind.singular}.{GROUP}",
+        "clientConfig": _client_config(f"/{what}/{kind.plural}", namespace, url_base, ca_bundle),
         "rules": [
             {
                 "apiGroups": [GROUP],
                 "apiVersions": [VERSION],
                 "operations": ["CREATE", "UPDATE"],
-                "resources": [plural],
+                "resources": [kind.plural],
                 "scope": "Namespaced",
             }
         ],
@@ -71,13 +70,13 @@ def build_webhook_configurations(
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
             "metadata": {"name": NAME, "labels": labels},
-            "webhooks": [_webhook("mutate", p, namespace, url_base, ca_bundle) for p in PLURALS],
+            "webhooks": [_webhook("mutate", k, namespace, url_base, ca_bundle) for k in KINDS],
         },
         {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
             "metadata": {"name": NAME, "labels": labels},
-            "webhooks": [_webhook("validate", p, namespace, url_base, ca_bundle) for p in PLURALS],
+            "webhooks": [_webhook("validate", k, namespace, url_base, ca_bundle) for k in KINDS],
         },
     ]
 

@@ -1,1 +1,1 @@
-"""render."""
+"""Pure builders: a spec (and its app) in, child manifests out."""

@@ -12,6 +12,7 @@ from celery_operator.api.celeryworkerpool import (
     CeleryWorkerPool,
     QueueLengthScaling,
 )
+from celery_operator.api.labels import fit
 from celery_operator.brokerurl import (
     REDIS_PRIORITY_STEPS,
     BrokerURL,
@@ -104,7 +105,7 @@ class KedaObjects:
 
 
 def keda_secret_name_of(app_name: str, pool_name: str) -> str:
-    return c.fit(f"{c.worker_deployment_name(app_name, pool_name)}-keda", 63)
+    return fit(f"{c.worker_deployment_name(app_name, pool_name)}-keda", 63)
 
 
 def keda_secret_name(app: CeleryApp, pool: CeleryWorkerPool) -> str:

@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.labels import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_NAME, label_value
 from celery_operator.render import common as c
 
 COMPONENT = "beat"
@@ -18,9 +19,9 @@ SCHEDULE_FILE = "/tmp/celerybeat-schedule"
 
 def selector_labels(app: CeleryApp) -> dict[str, str]:
     return {
-        c.LABEL_NAME: "celery",
-        c.LABEL_COMPONENT: COMPONENT,
-        c.LABEL_INSTANCE: c.label_value(app.metadata["name"]),
+        LABEL_NAME: "celery",
+        LABEL_COMPONENT: COMPONENT,
+        LABEL_INSTANCE: label_value(app.metadata["name"]),
     }
 
 

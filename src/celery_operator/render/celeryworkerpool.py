@@ -7,6 +7,13 @@ from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.api.labels import (
+    LABEL_APP_NAMESPACE,
+    LABEL_COMPONENT,
+    LABEL_NAME,
+    LABEL_POOL,
+    label_value,
+)
 from celery_operator.render import common as c
 
 COMPONENT = "worker"
@@ -82,16 +89,16 @@ def worker_node_name(pool: CeleryWorkerPool) -> str:
 def selector_labels(pool: CeleryWorkerPool) -> dict[str, str]:
     """The Deployment selector: stable over the pool's life (never includes the app)."""
     return {
-        c.LABEL_NAME: "celery",
-        c.LABEL_COMPONENT: COMPONENT,
-        c.LABEL_POOL: c.label_value(pool.metadata["name"]),
+        LABEL_NAME: "celery",
+        LABEL_COMPONENT: COMPONENT,
+        LABEL_POOL: label_value(pool.metadata["name"]),
     }
 
 
 def worker_labels(app: CeleryApp, pool: CeleryWorkerPool) -> dict[str, str]:
     labels = c.base_labels(app.metadata["name"], COMPONENT)
-    labels[c.LABEL_POOL] = c.label_value(pool.metadata["name"])
-    labels[c.LABEL_APP_NAMESPACE] = c.label_value(app.metadata["namespace"])
+    labels[LABEL_POOL] = label_value(pool.metadata["name"])
+    labels[LABEL_APP_NAMESPACE] = label_value(app.metadata["namespace"])
     return labels
 
 

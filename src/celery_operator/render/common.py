@@ -4,58 +4,29 @@ from __future__ import annotations
 
 import base64
 import copy
-import hashlib
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery_operator.api.base import API_VERSION
 from celery_operator.api.celeryapp import CeleryApp, ConnectionSpec
-
-MANAGED_BY = "celery-operator"
-FIELD_MANAGER = "celery-operator"
-
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_APP = "celeryproject.org/app"
-LABEL_APP_NAMESPACE = "celeryproject.org/app-namespace"
-LABEL_POOL = "celeryproject.org/pool"
-LABEL_FLOWER = "celeryproject.org/flower"
+from celery_operator.api.labels import (
+    LABEL_APP,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    fit,
+    label_value,
+)
 
 BROKER_ENV = "CELERY_BROKER_URL"
 BACKEND_ENV = "CELERY_RESULT_BACKEND"
 
-MAX_LABEL_VALUE = 63
 # Deployment names: the ReplicaSet appends "-" + a 10-char hash and pods another "-" + 5
 # chars; pod host names are cut at 63. 47 keeps "<deployment>-<rs-hash>" a DNS label.
 MAX_DEPLOYMENT_NAME = 47
 MAX_DNS_LABEL = 63
-
-_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-
-
-def _digest(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def fit(name: str, limit: int) -> str:
-    """`name` if it fits, else a prefix of it plus a hash of the whole (stable, unique)."""
-    if len(name) <= limit:
-        return name
-    suffix = _digest(name)
-    prefix = name[: limit - len(suffix) - 1].rstrip("-.")
-    return f"{prefix}-{suffix}"
-
-
-def label_value(value: str) -> str:
-    """A valid label value for `value` (<= 63 chars, alphanumeric at both ends)."""
-    fitted = fit(value, MAX_LABEL_VALUE)
-    if _LABEL_VALUE_RE.match(fitted):
-        return fitted
-    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", fitted).strip("-_.")
-    return fit(f"{cleaned}-{_digest(value)}" if cleaned else _digest(value), MAX_LABEL_VALUE)
 
 
 def dns_label(name: str, limit: int = MAX_DNS_LABEL) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.flower import Flower
+from celery_operator.api.labels import LABEL_COMPONENT, LABEL_FLOWER, LABEL_NAME, label_value
 from celery_operator.render import common as c
 
 COMPONENT = "flower"
@@ -15,15 +16,15 @@ PORT_NAME = "http"
 
 def selector_labels(flower: Flower) -> dict[str, str]:
     return {
-        c.LABEL_NAME: "celery",
-        c.LABEL_COMPONENT: COMPONENT,
-        c.LABEL_FLOWER: c.label_value(flower.metadata["name"]),
+        LABEL_NAME: "celery",
+        LABEL_COMPONENT: COMPONENT,
+        LABEL_FLOWER: label_value(flower.metadata["name"]),
     }
 
 
 def flower_labels(app: CeleryApp, flower: Flower) -> dict[str, str]:
     labels = c.base_labels(app.metadata["name"], COMPONENT)
-    labels[c.LABEL_FLOWER] = c.label_value(flower.metadata["name"])
+    labels[LABEL_FLOWER] = label_value(flower.metadata["name"])
     return labels
 
 

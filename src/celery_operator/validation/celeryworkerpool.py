@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from celery_operator.api import celeryworkerpool as api
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.api.conditions import APP_NOT_FOUND, NAMESPACE_NOT_ALLOWED, Blocker
 from celery_operator.brokerurl import BrokerURL
 from celery_operator.validation.common import Problem, image_tag_warning, selector_matches
 
@@ -64,23 +65,19 @@ class PoolContext:
     sibling_queues: Mapping[str, Iterable[str]] = field(default_factory=dict)  # pool -> queues
 
 
-NOT_FOUND = "AppNotFound"
-NOT_ALLOWED = "NamespaceNotAllowed"
-
-
-def binding_reason(pool: CeleryWorkerPool, ctx: PoolContext) -> tuple[str, str] | None:
-    """Why the pool cannot bind to its app, as (reason, message); None when it can."""
+def binding_reason(pool: CeleryWorkerPool, ctx: PoolContext) -> Blocker | None:
+    """Why the pool cannot bind to its app; None when it can."""
     ns = app_namespace(pool)
     if ctx.app is None:
-        return (
-            NOT_FOUND,
+        return Blocker(
+            APP_NOT_FOUND,
             f"spec.appRef: CeleryApp {ns}/{pool.spec.app_ref.name} does not exist (yet); the "
             "pool binds by itself once it does",
         )
     pool_ns = str(pool.metadata["namespace"])
     if not namespace_admitted(ctx.app, pool_ns, ctx.namespace_labels):
-        return (
-            NOT_ALLOWED,
+        return Blocker(
+            NAMESPACE_NOT_ALLOWED,
             f"spec.appRef: CeleryApp {ns}/{ctx.app.metadata['name']} does not admit pools from "
             f"namespace {pool_ns}: its spec.workerPoolPolicy.namespaceSelector must match the "
             "namespace's labels",
@@ -97,8 +94,8 @@ def validate_pool_binding(pool: CeleryWorkerPool, ctx: PoolContext) -> list[Prob
         problems.append(
             Problem(
                 "spec.appRef",
-                reason[1].removeprefix("spec.appRef: "),
-                warning=reason[0] == NOT_FOUND,
+                reason.message.removeprefix("spec.appRef: "),
+                warning=reason.reason == APP_NOT_FOUND,
             )
         )
     ql = pool.spec.autoscaling.queue_length if pool.spec.autoscaling else None

@@ -10,8 +10,9 @@ from pydantic import ValidationError
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.flower import Flower
+from celery_operator.api.kinds import BY_PLURAL, KINDS
+from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
-from celery_operator.render.common import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.validation import Problem, errors, format_problems, model_problems, warnings
 from celery_operator.validation.celeryapp import validate_app
 from celery_operator.validation.celeryworkerpool import (
@@ -172,16 +173,19 @@ def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
 Mutator = Callable[[Request], Verdict]
 Validator = Callable[[Request, Lookup], Verdict]
 
-KINDS: dict[str, tuple[str, Mutator, Validator]] = {
-    "celeryapps": ("CeleryApp", mutate_app, validate_app_request),
-    "celeryworkerpools": ("CeleryWorkerPool", mutate_pool, validate_pool_request),
-    "flowers": ("Flower", mutate_flower, validate_flower_request),
+# What admits each kind of the table: a kind without an entry fails here, at import.
+ADMISSION: dict[str, tuple[Mutator, Validator]] = {
+    "CeleryApp": (mutate_app, validate_app_request),
+    "CeleryWorkerPool": (mutate_pool, validate_pool_request),
+    "Flower": (mutate_flower, validate_flower_request),
 }
+assert set(ADMISSION) == {k.name for k in KINDS}, "every kind of api.kinds is admitted"
 
 
 def admit(plural: str, req: Request, lookup: Lookup, *, mutate: bool) -> Verdict:
     """The verdict for one review. DELETE and metadata-only updates are never blocked."""
-    kind, mutator, validator = KINDS[plural]
+    kind = BY_PLURAL[plural].name
+    mutator, validator = ADMISSION[kind]
     if req.operation not in ("CREATE", "UPDATE") or req.obj is None:
         return Verdict()
     if req.obj.get("kind") not in (None, kind):

@@ -27,7 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from celery_operator.webhooks.admission import KINDS, admit
+from celery_operator.api.kinds import BY_PLURAL
+from celery_operator.webhooks.admission import admit
 from celery_operator.webhooks.lookup import ApiLookup, Lookup
 from celery_operator.webhooks.review import BadReview, Verdict, parse_review, response
 
@@ -89,7 +90,7 @@ def create_app(lookup: Lookup | None = None, ready: Callable[[], bool] = lambda:
             except (ValueError, BadReview) as e:
                 metrics.bad.inc()
                 return JSONResponse({"error": f"not an AdmissionReview v1: {e}"}, status_code=400)
-            kind = KINDS[plural][0]
+            kind = BY_PLURAL[plural].name
             try:
                 verdict = await run_in_threadpool(
                     admit, plural, req, get_lookup(), mutate=webhook == "mutate"
@@ -110,7 +111,7 @@ def create_app(lookup: Lookup | None = None, ready: Callable[[], bool] = lambda:
         finally:
             metrics.latency.labels(webhook).observe(time.perf_counter() - started)
 
-    for plural in KINDS:
+    for plural in BY_PLURAL:
         for webhook in ("mutate", "validate"):
 
             async def endpoint(request: Request, _w: str = webhook, _p: str = plural) -> Response:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
+from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.k8s import client
 from celery_operator.k8s.watchcache import WatchCache
-from celery_operator.render.common import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 
 
 class Lookup(Protocol):

@@ -1,0 +1,60 @@
+"""The labels, annotations and field manager every layer shares (pure constants).
+
+Children carry the managed-by label (the operator watches only objects with it); pods
+carry the component label and the name of their owner; pools and Flowers carry the app
+they name (set by the mutating webhook, read by its lookups).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MANAGED_BY = "celery-operator"
+# The one field manager of the operator's server-side applies and status patches.
+FIELD_MANAGER = "celery-operator"
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_APP = "celeryproject.org/app"
+LABEL_APP_NAMESPACE = "celeryproject.org/app-namespace"
+LABEL_POOL = "celeryproject.org/pool"
+LABEL_FLOWER = "celeryproject.org/flower"
+
+# What the operator watches of its children and pods: only what it labelled.
+OWNED_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
+
+# A hash of the manifest the operator last applied to a child (the applied-hash skip).
+HASH_ANNOTATION = "celeryproject.org/applied-hash"
+
+MAX_LABEL_VALUE = 63
+_LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def digest(text: str, n: int = 8) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def fit(name: str, limit: int) -> str:
+    """`name` if it fits, else a prefix of it plus a hash of the whole (stable, unique)."""
+    if len(name) <= limit:
+        return name
+    suffix = digest(name)
+    prefix = name[: limit - len(suffix) - 1].rstrip("-.")
+    return f"{prefix}-{suffix}"
+
+
+def label_value(value: str) -> str:
+    """A valid label value for `value` (<= 63 chars, alphanumeric at both ends)."""
+    fitted = fit(value, MAX_LABEL_VALUE)
+    if _LABEL_VALUE_RE.match(fitted):
+        return fitted
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]", "-", fitted).strip("-_.")
+    return fit(f"{cleaned}-{digest(value)}" if cleaned else digest(value), MAX_LABEL_VALUE)
+
+
+def selector(labels: dict[str, str]) -> str:
+    """A label selector string matching exactly these labels."""
+    return ",".join(f"{k}={v}" for k, v in labels.items())

@@ -1,0 +1,181 @@
+"""The operator's cache: the latest body of every watched object. Fed only by watch
+events (and by the answers to the operator's own writes, see `put_child`).
+
+Kind-agnostic: one table per kind of `api.kinds` (and Namespaces), indexed by the app a
+body names for every kind that declares one (`Kind.app_of`); children by the uid of their
+controller; pods only when they cannot run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from celery_operator.api.conditions import Blocker
+from celery_operator.api.kinds import KINDS, NAMESPACE, Key
+from celery_operator.k8s.objects import compare_resource_versions, controller_uid, slim
+
+MAX_TOMBSTONES = 10_000
+Ident = tuple[str, str, str]  # ("apiVersion/kind", namespace, name)
+PodOwner = tuple[str, str, str]  # (namespace, pod component, owner name)
+
+
+def ident(obj: Mapping[str, Any]) -> Ident:
+    meta = obj["metadata"]
+    return (f"{obj['apiVersion']}/{obj['kind']}", meta.get("namespace", ""), meta["name"])
+
+
+class Cache:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.tables: dict[str, dict[Key, dict[str, Any]]] = {
+            **{k.name: {} for k in KINDS},
+            NAMESPACE.kind: {},
+        }
+        # The declared indexes: kind -> the app a body names.
+        self._app_of: dict[str, Callable[[Mapping[str, Any]], Key]] = {
+            k.name: k.app_of for k in KINDS if k.app_of is not None
+        }
+        self.by_app: dict[str, dict[Key, set[Key]]] = {kind: {} for kind in self._app_of}
+        # Children by the uid of their controller, then by ident.
+        self.children: dict[str, dict[Ident, dict[str, Any]]] = {}
+        # Generation each child had after the operator's own last apply (drift detection).
+        self.applied_generation: dict[str, int] = {}
+        # Uids of children seen deleted (the newest MAX_TOMBSTONES), see put_child.
+        self._gone: dict[str, None] = {}
+        # Pods that cannot run: pod name -> problem. A healthy pod costs nothing here.
+        self.pod_problems: dict[PodOwner, dict[str, Blocker]] = {}
+
+    # ---- the kinds' tables -------------------------------------------------------------
+    def get(self, kind: str, key: Key) -> dict[str, Any] | None:
+        with self.lock:
+            return self.tables[kind].get(key)
+
+    def keys(self, kind: str) -> list[Key]:
+        with self.lock:
+            return list(self.tables[kind])
+
+    def put(self, kind: str, key: Key, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """Stores (or with None, removes) a body; returns the previous one."""
+        with self.lock:
+            store = self.tables[kind]
+            old = store.get(key)
+            new = None if body is None else slim(body)
+            if new is None:
+                store.pop(key, None)
+            else:
+                store[key] = new
+            app_of = self._app_of.get(kind)
+            if app_of is not None:
+                index = self.by_app[kind]
+                if old is not None:
+                    members = index.get(app_of(old), set())
+                    members.discard(key)
+                    if not members:
+                        index.pop(app_of(old), None)
+                if new is not None:
+                    index.setdefault(app_of(new), set()).add(key)
+            return old
+
+    def keys_of_app(self, kind: str, app: Key) -> list[Key]:
+        """Keys of the objects of `kind` that name `app`, sorted."""
+        with self.lock:
+            return sorted(self.by_app[kind].get(app, ()))
+
+    def of_app(self, kind: str, app: Key) -> list[dict[str, Any]]:
+        with self.lock:
+            store = self.tables[kind]
+            return [store[k] for k in self.keys_of_app(kind, app)]
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        body = self.get(NAMESPACE.kind, ("", namespace))
+        return dict(((body or {}).get("metadata") or {}).get("labels") or {})
+
+    # ---- pods --------------------------------------------------------------------------
+    def set_pod_problem(self, owner: PodOwner, pod: str, problem: Blocker | None) -> bool:
+        """Records (or clears) a pod's problem; True when that changes what is recorded."""
+        with self.lock:
+            pods = self.pod_problems.get(owner, {})
+            if pods.get(pod) == problem:
+                return False
+            if problem is None:
+                pods.pop(pod, None)
+            else:
+                pods[pod] = problem
+            if pods:
+                self.pod_problems[owner] = pods
+            else:
+                self.pod_problems.pop(owner, None)
+            return True
+
+    def pod_problem(self, owner: PodOwner) -> Blocker | None:
+        """The problem of the owner's first pod (by name) that cannot run, if any."""
+        with self.lock:
+            pods = self.pod_problems.get(owner)
+            return pods[min(pods)] if pods else None
+
+    # ---- children ----------------------------------------------------------------------
+    def owned(self, owner_uid: str) -> dict[Ident, dict[str, Any]]:
+        with self.lock:
+            return dict(self.children.get(owner_uid, {}))
+
+    def child(self, owner_uid: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self.lock:
+            return self.children.get(owner_uid, {}).get((kind, namespace, name))
+
+    def put_child(
+        self, body: Mapping[str, Any], deleted: bool, *, from_write: bool = False
+    ) -> tuple[str | None, bool]:
+        """Records a child. Returns (controller uid, whether someone else changed its spec).
+
+        `from_write`: the body is the answer to the operator's own write, which can arrive
+        after the watch already brought a newer version (a Deployment's first status) or
+        its deletion; the cache never goes back to it then."""
+        meta = body.get("metadata") or {}
+        owner = controller_uid(body)
+        if owner is None:
+            return None, False
+        key = (
+            f"{body.get('apiVersion')}/{body.get('kind')}",
+            meta.get("namespace", ""),
+            meta["name"],
+        )
+        with self.lock:
+            owned = self.children.setdefault(owner, {})
+            uid = meta.get("uid", "")
+            if deleted:
+                owned.pop(key, None)
+                if not owned:
+                    self.children.pop(owner, None)
+                self.applied_generation.pop(uid, None)
+                self._gone[uid] = None
+                while len(self._gone) > MAX_TOMBSTONES:
+                    del self._gone[next(iter(self._gone))]
+                return owner, False
+            current = owned.get(key)
+            if from_write and (
+                uid in self._gone
+                or (
+                    current is not None
+                    and current["metadata"].get("uid") == uid
+                    and compare_resource_versions(
+                        current["metadata"].get("resourceVersion", ""),
+                        meta.get("resourceVersion", ""),
+                    )
+                    == 1
+                )
+            ):
+                if not owned:
+                    self.children.pop(owner, None)
+                return owner, False
+            owned[key] = slim(body, child=True)
+            gen = int(meta.get("generation", 0))
+            ours = self.applied_generation.get(uid)
+            drifted = ours is not None and gen > ours
+            return owner, drifted
+
+    def note_applied(self, live: Mapping[str, Any]) -> None:
+        meta = live.get("metadata") or {}
+        with self.lock:
+            self.applied_generation[meta.get("uid", "")] = int(meta.get("generation", 0))

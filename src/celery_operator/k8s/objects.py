@@ -1,0 +1,78 @@
+"""Kubernetes object helpers (pure): controller references, resourceVersion order, and
+the trimmed copy of a body that the operator's cache keeps."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from celery_operator.api.labels import FIELD_MANAGER
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def controller_ref(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ownerReference marked controller, if any."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    ref = controller_ref(obj)
+    return None if ref is None else str(ref.get("uid"))
+
+
+def compare_resource_versions(a: str, b: str) -> int | None:
+    """-1, 0 or 1 as resourceVersion `a` is older than, the same as or newer than `b`.
+
+    Kubernetes made the resourceVersions of one resource comparable in 1.35 (KEP-5504,
+    what every etcd-backed apiserver has always served): positive integers without leading
+    zeros, ordered as numbers. None when either is not one: nothing can be said then."""
+    for v in (a, b):
+        if not (v.isascii() and v.isdigit()) or v.startswith("0"):
+            return None
+    if len(a) != len(b):
+        return 1 if len(a) > len(b) else -1
+    return (a > b) - (a < b)
+
+
+def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
+    """The body as the cache keeps it: without `metadata.managedFields` (except the
+    operator's own apply entry, which the replica hand-off reads) and without kubectl's
+    last-applied annotation (a second copy of the object). A child also loses its pod
+    template: nothing reads it from the cache (the applied-hash annotation and the
+    generation say whether a child is as rendered), and it is most of a Deployment."""
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        return dict(body)
+    m = dict(meta)
+    managed = m.pop("managedFields", None) or []
+    ours = [
+        e for e in managed if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
+    ]
+    if ours:
+        m["managedFields"] = ours
+    annotations = m.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        m["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    out = {**body, "metadata": m}
+    spec = body.get("spec")
+    if child and isinstance(spec, dict) and "template" in spec:
+        out["spec"] = {k: v for k, v in spec.items() if k != "template"}
+    kept: dict[str, Any] = compact(out)
+    return kept
+
+
+def compact(value: Any) -> Any:
+    """A copy whose keys and short strings are interned: every body from the watch has its
+    own copy of "apiVersion", "metadata", "True", "Ready"..., a third of a cached body."""
+    if isinstance(value, dict):
+        return {sys.intern(k): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= 64:
+        return sys.intern(value)
+    return value

@@ -1,0 +1,389 @@
+"""The CeleryWorkerPool's plan (pure): bind the pool to its app, then render its workers.
+
+The blocking chain, first match wins: InvalidSpec (the schema, then the validators),
+AppNotFound / NamespaceNotAllowed (not accepted: its children are deleted), AppInvalid,
+a status-only pass or a paused app (nothing applied), BrokerUnreadable, InvalidSpec again
+for what needs the broker or KEDA. After apply, a name taken by a foreign object turns
+the status into ChildConflict (`PoolPlan.status`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery_operator.api.celeryapp import CeleryApp
+from celery_operator.api.celeryworkerpool import CeleryWorkerPool
+from celery_operator.api.conditions import (
+    APP_INVALID,
+    BOUND,
+    BROKER_UNREACHABLE,
+    BROKER_UNREADABLE,
+    INVALID_SPEC,
+    POLLING,
+    QUEUE_LENGTH_READ,
+    Blocker,
+    Outcome,
+)
+from celery_operator.api.kinds import DEPLOYMENT, POOL, Key, pool_app_key
+from celery_operator.api.labels import selector
+from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
+from celery_operator.plans.common import Body, app_problems, kept_block
+from celery_operator.render import autoscaling as render_autoscaling
+from celery_operator.render import celeryworkerpool as render
+from celery_operator.render import common
+from celery_operator.scaling.decision import Policy
+from celery_operator.scaling.scaler import Target
+from celery_operator.status import AppRef, pool_status
+from celery_operator.validation import errors, format_problems
+from celery_operator.validation.celeryworkerpool import (
+    PoolContext,
+    binding_reason,
+    validate_pool,
+    validate_pool_binding,
+)
+
+BROKER, RESULT_BACKEND = "broker", "resultBackend"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A connection URL of the app as gather read it: the URL, or why it could not."""
+
+    url: str | None = None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class ScalerView:
+    """What the built-in scaler says of the pool (its `status()`), None when it does not
+    poll it yet."""
+
+    replicas: int | None = None
+    queue_length: int | None = None
+    last_scale_time: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PoolInputs:
+    """Everything the plan reads, gathered by the controller."""
+
+    key: Key
+    body: Body
+    pool: CeleryWorkerPool | Blocker  # the parsed spec, or why the schema rejects it
+    app: CeleryApp | None  # None: missing, being deleted or unreadable
+    namespace_labels: Mapping[str, str]
+    deployment: Body | None  # the worker Deployment as cached
+    now: str
+    apply: bool = True  # False: a status-only pass (nothing is written but the status)
+    connections: Mapping[str, Connection] = field(default_factory=dict)  # see connection_reads
+    keda_installed: bool = True
+    scaler: ScalerView | None = None  # None: no built-in scaler runs in this process
+    problem: Blocker | None = None  # a worker pod that cannot run
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """What the reconcile does, and the status it writes (given the applied Deployment)."""
+
+    key: Key
+    body: Body
+    accepted: Outcome
+    blocked: Blocker | None = None
+    children: tuple[dict[str, Any], ...] | None = None  # None: change no child
+    delete_children: bool = False  # not accepted: stop its workers
+    known_secrets: tuple[str, ...] = ()  # its Secrets (unwatched: deleted by name)
+    hand_off_replicas: bool = False  # an HPA or KEDA takes spec.replicas over
+    track: Target | None = None  # the built-in scaler polls the pool's queues
+    untrack: bool = False  # ... or stops polling them
+    replicas: int | None = None  # the worker Deployment's spec.replicas (None: not ours)
+    app_ref: AppRef | None = None
+    deployment_name: str | None = None
+    selector: str | None = None
+    autoscaler: dict[str, Any] | None = None
+    scaling: Outcome | None = None
+    paused: bool = False
+    problem: Blocker | None = None
+    now: str = ""
+
+    @property
+    def deployment_ident(self) -> tuple[str, str, str]:
+        return deployment_ident(self.key, self.body)
+
+    def status(self, deployment: Body | None, conflict: Blocker | None = None) -> dict[str, Any]:
+        bound = self.accepted.ok
+        meta = self.body["metadata"]
+        return pool_status(
+            generation=meta.get("generation"),
+            old=self.body.get("status"),
+            accepted=self.accepted,
+            app=self.app_ref,
+            deployment_name=self.deployment_name if bound else None,
+            deployment=deployment if bound else None,
+            selector=self.selector,
+            blocked=conflict or self.blocked,
+            autoscaler=None if conflict else self.autoscaler,
+            scaling=None if conflict else self.scaling,
+            paused=self.paused,
+            problem=self.problem,
+            now=self.now,
+        )
+
+
+def deployment_ident(key: Key, body: Body) -> tuple[str, str, str]:
+    """The worker Deployment's (apiVersion/kind, namespace, name), as the cache names it."""
+    name = common.worker_deployment_name(pool_app_key(body)[1], key[1])
+    return (DEPLOYMENT.resource.key, key[0], name)
+
+
+def connection_reads(i: PoolInputs) -> tuple[str, ...]:
+    """Which of the app's connection URLs the plan needs (gather reads exactly these): the
+    broker for a pool outside the app's namespace (its workers read a mirror of the
+    connection Secret) and for queue-length autoscaling, the result backend for the mirror."""
+    if not i.apply or _early_block(i) is not None:
+        return ()
+    assert isinstance(i.pool, CeleryWorkerPool)
+    assert i.app is not None
+    if i.app.spec.paused:
+        return ()
+    cross_ns = i.key[0] != (i.app.metadata["namespace"])
+    engine = render_autoscaling.autoscaler_engine(i.pool)
+    if cross_ns:
+        return (BROKER, RESULT_BACKEND)
+    return (BROKER,) if engine in ("builtin", "keda") else ()
+
+
+def _early_block(i: PoolInputs) -> Blocker | None:
+    """The chain up to the app: the pool's spec, its binding, the app's spec."""
+    if isinstance(i.pool, Blocker):
+        return i.pool
+    if spec_errors := errors(validate_pool(i.pool)):
+        return Blocker(INVALID_SPEC, format_problems(spec_errors))
+    ctx = PoolContext(app=i.app, namespace_labels=i.namespace_labels)
+    if (reason := binding_reason(i.pool, ctx)) is not None:
+        return reason
+    assert i.app is not None
+    if invalid := app_problems(i.app):
+        return Blocker(APP_INVALID, invalid)
+    return None
+
+
+def plan_pool(i: PoolInputs) -> PoolPlan:
+    base = PoolPlan(i.key, i.body, Outcome(False, INVALID_SPEC, ""), problem=i.problem, now=i.now)
+    if isinstance(i.pool, Blocker):
+        return dataclasses.replace(
+            base, accepted=Outcome(False, *i.pool), blocked=i.pool, untrack=True
+        )
+    pool, app_key = i.pool, pool_app_key(i.body)
+    base = dataclasses.replace(
+        base,
+        app_ref=AppRef(app_key[1], app_key[0]),
+        deployment_name=common.worker_deployment_name(app_key[1], i.key[1]),
+        selector=selector(render.selector_labels(pool)),
+        untrack=True,
+    )
+    block = _early_block(i)
+    if block is not None and block.reason != APP_INVALID:
+        if block.reason == INVALID_SPEC:  # nothing from an invalid spec; nothing torn down
+            return dataclasses.replace(base, accepted=Outcome(False, *block), blocked=block)
+        return dataclasses.replace(  # not accepted: its workers stop
+            base,
+            accepted=Outcome(False, *block),
+            delete_children=i.apply,
+            known_secrets=_known_secrets(pool),
+        )
+    accepted = Outcome(True, BOUND, f"bound to CeleryApp {app_key[0]}/{app_key[1]}")
+    base = dataclasses.replace(base, accepted=accepted)
+    if block is not None:  # AppInvalid: the app's own status says why; nothing rendered
+        return dataclasses.replace(base, blocked=block)
+    assert i.app is not None
+    return _plan_bound(i, pool, i.app, base)
+
+
+def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: PoolPlan) -> PoolPlan:
+    engine = render_autoscaling.autoscaler_engine(pool)
+    if not i.apply or app.spec.paused:
+        polling = engine == "builtin" and not app.spec.paused
+        return dataclasses.replace(
+            base,
+            blocked=None
+            if i.apply
+            else kept_block(i.body.get("status"), i.body["metadata"].get("generation")),
+            untrack=not polling,  # a status-only pass leaves the polling as it is
+            autoscaler=_autoscaler(pool, engine, i.scaler, None),
+            scaling=None if app.spec.paused else _scaling(engine, i.scaler),
+            paused=app.spec.paused,
+        )
+    broker = _broker(i)
+    if isinstance(broker, Blocker):
+        return dataclasses.replace(base, blocked=broker)
+    ctx = PoolContext(
+        app=app,
+        namespace_labels=i.namespace_labels,
+        broker=broker,
+        keda_installed=engine != "keda" or i.keda_installed,
+    )
+    if binding_errors := errors(validate_pool_binding(pool, ctx)):
+        return dataclasses.replace(
+            base, blocked=Blocker(INVALID_SPEC, format_problems(binding_errors))
+        )
+    track = _target(i, pool, engine, broker)
+    replicas = _replicas(i, pool, engine)
+    return dataclasses.replace(
+        base,
+        children=_children(i, pool, app, engine, broker, replicas),
+        hand_off_replicas=replicas is None and i.deployment is not None,
+        track=track,
+        untrack=track is None,
+        replicas=replicas,
+        autoscaler=_autoscaler(pool, engine, i.scaler, replicas),
+        scaling=_scaling(engine, i.scaler),
+    )
+
+
+def _known_secrets(pool: CeleryWorkerPool) -> tuple[str, ...]:
+    app_name, name = pool.spec.app_ref.name, pool.metadata["name"]
+    return tuple(
+        sorted(
+            {
+                common.connection_secret_name(app_name, name),
+                render_autoscaling.keda_secret_name_of(app_name, name),
+            }
+        )
+    )
+
+
+def _broker(i: PoolInputs) -> BrokerURL | Blocker | None:
+    """The app's broker URL, parsed, when gather read it; BrokerUnreadable when it could not."""
+    for which in connection_reads(i):
+        if i.connections.get(which, Connection()).problem:
+            return Blocker(BROKER_UNREADABLE, i.connections[which].problem)
+    url = i.connections.get(BROKER, Connection()).url
+    try:
+        return parse_broker_url(url) if url else None
+    except BrokerURLError as e:
+        return Blocker(BROKER_UNREADABLE, str(e))
+
+
+def _replicas(i: PoolInputs, pool: CeleryWorkerPool, engine: str | None) -> int | None:
+    """The spec's when fixed; None (left to the HPA/KEDA) when they scale; for engine
+    builtin the scaler's last decision, else the current replicas within the bounds."""
+    if engine is None:
+        return pool.spec.replicas
+    if engine != "builtin":
+        return None
+    if i.scaler is not None and i.scaler.replicas is not None:
+        return i.scaler.replicas
+    a = pool.spec.autoscaling
+    assert a is not None
+    current = ((i.deployment or {}).get("spec") or {}).get("replicas")
+    if current is None:
+        return a.min_replicas
+    return min(max(int(current), a.min_replicas), a.max_replicas)
+
+
+def _target(
+    i: PoolInputs, pool: CeleryWorkerPool, engine: str | None, broker: BrokerURL | None
+) -> Target | None:
+    """What the built-in scaler polls for this pool (None: engine is not builtin)."""
+    a = pool.spec.autoscaling
+    if engine != "builtin" or broker is None or i.scaler is None or a is None:
+        return None
+    ql = a.queue_length
+    assert ql is not None
+    return Target(
+        key=i.key,
+        broker=broker,
+        url_id=i.connections[BROKER].url or "",
+        queues=tuple(pool.spec.queues),
+        policy=Policy(
+            a.min_replicas,
+            a.max_replicas,
+            ql.target_per_replica,
+            ql.activation,
+            ql.cooldown_seconds,
+        ),
+        interval=float(ql.polling_interval_seconds),
+    )
+
+
+def _children(
+    i: PoolInputs,
+    pool: CeleryWorkerPool,
+    app: CeleryApp,
+    engine: str | None,
+    broker: BrokerURL | None,
+    replicas: int | None,
+) -> tuple[dict[str, Any], ...]:
+    owner = common.owner_reference(i.body, POOL.name)
+    desired: list[dict[str, Any]] = []
+    mirror = None
+    secret_refs = app.spec.broker.url.secret_key_ref or (
+        app.spec.result_backend and app.spec.result_backend.url.secret_key_ref
+    )
+    if i.key[0] != app.metadata["namespace"] and secret_refs:
+        urls = {w: i.connections.get(w, Connection()).url for w in (BROKER, RESULT_BACKEND)}
+        secret = render.build_connection_secret(
+            app, pool, urls[BROKER], urls[RESULT_BACKEND], owner
+        )
+        mirror = secret["metadata"]["name"]
+        desired.append(secret)
+    desired.append(
+        render.build_worker_deployment(
+            app, pool, owner, replicas=replicas, connection_secret=mirror
+        )
+    )
+    desired += [
+        x
+        for x in (
+            render.build_worker_pdb(app, pool, owner),
+            render_autoscaling.build_hpa(app, pool, owner),
+        )
+        if x is not None
+    ]
+    if engine == "keda" and broker is not None:
+        keda = render_autoscaling.build_keda_objects(app, pool, broker, owner)
+        if keda is not None:
+            desired += [
+                x for x in (keda.secret, keda.trigger_authentication, keda.scaled_object) if x
+            ]
+    return tuple(desired)
+
+
+def _autoscaler(
+    pool: CeleryWorkerPool, engine: str | None, scaler: ScalerView | None, applied: int | None
+) -> dict[str, Any] | None:
+    a = pool.spec.autoscaling
+    if engine is None or a is None:
+        return None
+    out: dict[str, Any] = {
+        "engine": engine,
+        "summary": f"{engine} {a.min_replicas}-{a.max_replicas}",
+    }
+    if engine != "builtin" or scaler is None:
+        return out
+    # Tracked for the first time, the scaler holds the replicas it is given: `applied`.
+    fields = {
+        "desiredReplicas": scaler.replicas if scaler.replicas is not None else applied,
+        "queueLength": scaler.queue_length,
+        "lastScaleTime": scaler.last_scale_time,
+    }
+    return out | {k: v for k, v in fields.items() if v is not None}
+
+
+def _scaling(engine: str | None, scaler: ScalerView | None) -> Outcome | None:
+    """ScalingActive (as an HPA says it): can the built-in scaler read the queues?"""
+    if engine != "builtin" or scaler is None:
+        return None
+    if scaler.queue_length is None and scaler.error is None:
+        return Outcome(True, POLLING, "waiting for the first queue-length poll")
+    if scaler.error:
+        return Outcome(
+            False,
+            BROKER_UNREACHABLE,
+            f"cannot read queue lengths ({scaler.error}); replicas stay as they are",
+        )
+    return Outcome(True, QUEUE_LENGTH_READ, f"{scaler.queue_length} tasks waiting")
