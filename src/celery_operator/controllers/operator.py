@@ -24,8 +24,10 @@ from prometheus_client import start_http_server
 
 from celery_operator.api.base import GROUP
 from celery_operator.api.kinds import (
+    APP,
     BY_NAME,
     BY_POD_COMPONENT,
+    FLOWER,
     KINDS,
     NAMESPACE,
     POD,
@@ -48,9 +50,9 @@ log = logging.getLogger("celery_operator")
 # Each kind's controller: its reconcile (a full and a status-only pass share it) and the
 # handler of its watch events. Keyed by the table's kinds: a kind without one fails here.
 CONTROLLERS: dict[str, tuple[Any, Any]] = {
-    "CeleryApp": (celeryapp.reconcile_app, celeryapp.on_app_event),
-    "CeleryWorkerPool": (celeryworkerpool.reconcile_pool, celeryworkerpool.on_pool_event),
-    "Flower": (flower.reconcile_flower, flower.on_flower_event),
+    APP.name: (celeryapp.reconcile_app, celeryapp.on_app_event),
+    POOL.name: (celeryworkerpool.reconcile_pool, celeryworkerpool.on_pool_event),
+    FLOWER.name: (flower.reconcile_flower, flower.on_flower_event),
 }
 assert set(CONTROLLERS) == {k.name for k in KINDS}, "every kind of api.kinds has a controller"
 
@@ -187,20 +189,12 @@ def enqueue_all(ctx: Context) -> None:
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig) -> None:
-    def spy(handler: Any) -> Any:
-        # async: kopf runs a sync handler in a thread pool, a thread hop per watch event;
-        # ours only update the cache and the queue, so they run on the event loop itself.
-        async def wrapped(event: dict[str, Any], **_: Any) -> None:
-            obj = event.get("object")
-            if obj:
-                handler(ctx, event.get("type") or "ADDED", obj)
-
-        return wrapped
+    """Declares every watch from the table of kinds, the login, startup and cleanup."""
 
     def watch(resource: Resource, handler: Any, labels: dict[str, str] | None = None) -> None:
         kopf.on.event(
             resource.group, resource.version, resource.plural, labels=labels, registry=registry
-        )(spy(handler))
+        )(_spy(ctx, handler))
 
     for kind in KINDS:
         watch(kind.resource, CONTROLLERS[kind.name][1])
@@ -208,31 +202,12 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         watch(child.resource, on_child_event, OWNED_LABELS)
     watch(NAMESPACE, on_namespace_event)
     watch(POD, on_pod_event, OWNED_LABELS)
+    kopf.on.login(registry=registry)(_login)
     background: list[asyncio.Task[None]] = []
-
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG or ~/.kube/config.
-        info = kopf.login_with_service_account(**kwargs)
-        if info is not None:
-            # kopf names the apiserver kubernetes.default.svc, which needs cluster DNS;
-            # in-cluster clients (client-go, the kubernetes package) use the Service's
-            # address from the environment: the same server as our own client's.
-            from celery_operator.k8s import client
-
-            return dataclasses.replace(info, server=client.server_url())
-        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = f"{GROUP}/finalizer"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-        settings.persistence.diffbase_storage = NoDiffBase()
-        # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
-        settings.posting.enabled = False
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
-        settings.networking.request_timeout = 60
+        _configure(settings)
         await ctx.queue.start_loop()
         await asyncio.to_thread(prime_cache, ctx, config.namespaces)
         await ctx.queue.start()
@@ -252,6 +227,41 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         if ctx.scaler is not None:
             ctx.scaler.stop()
         await ctx.queue.stop()
+
+
+def _spy(ctx: Context, handler: Any) -> Any:
+    # async: kopf runs a sync handler in a thread pool, a thread hop per watch event;
+    # ours only update the cache and the queue, so they run on the event loop itself.
+    async def wrapped(event: dict[str, Any], **_: Any) -> None:
+        obj = event.get("object")
+        if obj:
+            handler(ctx, event.get("type") or "ADDED", obj)
+
+    return wrapped
+
+
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # In a pod: the ServiceAccount token; elsewhere: $KUBECONFIG or ~/.kube/config.
+    info = kopf.login_with_service_account(**kwargs)
+    if info is not None:
+        # kopf names the apiserver kubernetes.default.svc, which needs cluster DNS;
+        # in-cluster clients (client-go, the kubernetes package) use the Service's
+        # address from the environment: the same server as our own client's.
+        from celery_operator.k8s import client
+
+        return dataclasses.replace(info, server=client.server_url())
+    return kopf.login_with_kubeconfig(**kwargs)
+
+
+def _configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = NoDiffBase()
+    # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
 
 
 async def resync(ctx: Context, interval: float) -> None:

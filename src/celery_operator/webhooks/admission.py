@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.flower import Flower
-from celery_operator.api.kinds import BY_PLURAL, KINDS
+from celery_operator.api.kinds import APP, BY_PLURAL, FLOWER, KINDS, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.validation import Problem, errors, format_problems, model_problems, warnings
@@ -89,8 +89,8 @@ def validate_app_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         app = CeleryApp.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("CeleryApp", req, model_problems(e))
-    return _verdict("CeleryApp", req, validate_app(app))
+        return _verdict(APP.name, req, model_problems(e))
+    return _verdict(APP.name, req, validate_app(app))
 
 
 def broker_of(app: CeleryApp, lookup: Lookup) -> BrokerURL | None:
@@ -114,7 +114,7 @@ def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         pool = CeleryWorkerPool.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("CeleryWorkerPool", req, model_problems(e))
+        return _verdict(POOL.name, req, model_problems(e))
     problems = validate_pool(pool)
     app_ns = pool.spec.app_ref.namespace or req.namespace
     app_body = lookup.app(app_ns, pool.spec.app_ref.name)
@@ -142,14 +142,14 @@ def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
         sibling_queues=siblings,
     )
     problems += validate_pool_binding(pool, ctx)
-    return _verdict("CeleryWorkerPool", req, problems)
+    return _verdict(POOL.name, req, problems)
 
 
 def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
     try:
         flower = Flower.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict("Flower", req, model_problems(e))
+        return _verdict(FLOWER.name, req, model_problems(e))
     problems = validate_flower(flower)
     others = [
         f["metadata"]["name"]
@@ -167,7 +167,7 @@ def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
                 warning=True,
             )
         )
-    return _verdict("Flower", req, problems)
+    return _verdict(FLOWER.name, req, problems)
 
 
 Mutator = Callable[[Request], Verdict]
@@ -175,9 +175,9 @@ Validator = Callable[[Request, Lookup], Verdict]
 
 # What admits each kind of the table: a kind without an entry fails here, at import.
 ADMISSION: dict[str, tuple[Mutator, Validator]] = {
-    "CeleryApp": (mutate_app, validate_app_request),
-    "CeleryWorkerPool": (mutate_pool, validate_pool_request),
-    "Flower": (mutate_flower, validate_flower_request),
+    APP.name: (mutate_app, validate_app_request),
+    POOL.name: (mutate_pool, validate_pool_request),
+    FLOWER.name: (mutate_flower, validate_flower_request),
 }
 assert set(ADMISSION) == {k.name for k in KINDS}, "every kind of api.kinds is admitted"
 

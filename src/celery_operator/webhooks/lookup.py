@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
+from celery_operator.api.kinds import APP, FLOWER, NAMESPACE, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.k8s import client
 from celery_operator.k8s.watchcache import WatchCache
@@ -32,10 +33,10 @@ class ApiLookup:
         self.keda_installed = client.keda_check(keda_ttl)
         self._apps = self._pools = self._flowers = self._namespaces = None
         if watch:
-            self._apps = WatchCache(API_VERSION, "CeleryApp").start()
-            self._pools = WatchCache(API_VERSION, "CeleryWorkerPool").start()
-            self._flowers = WatchCache(API_VERSION, "Flower").start()
-            self._namespaces = WatchCache("v1", "Namespace").start()
+            self._apps, self._pools, self._flowers, self._namespaces = (
+                WatchCache(r.api_version, r.kind).start()
+                for r in (APP.resource, POOL.resource, FLOWER.resource, NAMESPACE)
+            )
 
     @staticmethod
     def _ready(cache: WatchCache | None) -> WatchCache | None:
@@ -44,13 +45,13 @@ class ApiLookup:
     def app(self, namespace: str, name: str) -> dict[str, Any] | None:
         if (c := self._ready(self._apps)) is not None:
             return c.get(namespace, name)
-        return client.get_object(API_VERSION, "CeleryApp", name, namespace)
+        return client.get_object(API_VERSION, APP.name, name, namespace)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         if (c := self._ready(self._namespaces)) is not None:
             ns = c.get("", namespace)
         else:
-            ns = client.get_object("v1", "Namespace", namespace, None)
+            ns = client.get_object(NAMESPACE.api_version, NAMESPACE.kind, namespace, None)
         return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
 
     def secret_value(self, namespace: str, name: str, key: str) -> str | None:
@@ -69,9 +70,9 @@ class ApiLookup:
 
             return c.list(of_app)
         selector = f"{LABEL_APP}={app_label},{LABEL_APP_NAMESPACE}={ns_label}"
-        return client.list_objects(API_VERSION, "CeleryWorkerPool", None, selector)
+        return client.list_objects(API_VERSION, POOL.name, None, selector)
 
     def flowers(self, namespace: str) -> list[dict[str, Any]]:
         if (c := self._ready(self._flowers)) is not None:
             return c.list(lambda f: (f.get("metadata") or {}).get("namespace") == namespace)
-        return client.list_objects(API_VERSION, "Flower", namespace)
+        return client.list_objects(API_VERSION, FLOWER.name, namespace)
