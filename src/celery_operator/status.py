@@ -18,7 +18,9 @@ from celery_operator.api.conditions import (
     COMPONENTS_UNAVAILABLE,
     CREATING,
     DEGRADED,
+    DRAINING,
     INVALID_SPEC,
+    LOAD_OBSERVED,
     PAUSED,
     POD_PROBLEM_REASONS,
     PROGRESSING,
@@ -253,6 +255,9 @@ def pool_status(
     scaling: Outcome | None = None,
     paused: bool = False,
     problem: Blocker | None = None,
+    workers: Mapping[str, Any] | None = None,
+    load: Outcome | None = None,
+    draining: str = "",
     now: str | None = None,
 ) -> dict[str, Any]:
     """The pool's status. `blocked` (reason, message) means nothing could be applied;
@@ -270,8 +275,12 @@ def pool_status(
         paused,
         problem,
     )
+    if ok and blocked is None and draining and not paused:
+        conds[-1] = condition(RECONCILING, True, DRAINING, draining)
     if ok and blocked is None and scaling is not None:
         conds.append(condition(SCALING_ACTIVE, scaling.ok, scaling.reason, scaling.message))
+    if ok and blocked is None and load is not None:
+        conds.append(condition(LOAD_OBSERVED, load.ok, load.reason, load.message))
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": merge_conditions((old or {}).get("conditions"), conds, generation, now),
@@ -282,6 +291,7 @@ def pool_status(
         "readySummary": f"{r.ready if ok else 0}/{r.desired if ok else 0}",
         "selector": selector,
         "autoscaler": dict(autoscaler) if autoscaler else None,
+        "workers": dict(workers) if ok and workers else None,
     }
     return status
 

@@ -1,8 +1,11 @@
-"""The built-in scaler's broker probes and its poll loop, against real brokers.
+"""The built-in scaler's queue lengths, read through a broker monitor, against real brokers.
 
-A private Redis (with a password) and a private RabbitMQ node run on 127.0.0.1 (see
-tests/support/brokers.py); no Kubernetes is involved. RabbitMQ takes seconds to start, so
-one node serves the whole module.
+`probe_for(url, transport_options)` starts a `BrokerMonitor` of its own: one kombu
+connection, made with the app's transport options, whose queue sizes come from kombu's own
+transport code (Redis: the priority lists under the key prefix; RabbitMQ: a passive
+queue.declare). A private Redis (with a password) and a private RabbitMQ node run on
+127.0.0.1 (see tests/support/brokers.py); no Kubernetes is involved. RabbitMQ takes seconds
+to start, so one node serves the whole module.
 """
 
 from __future__ import annotations
@@ -12,25 +15,19 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 import redis
-import redis.connection
+from celery import Celery
 from kombu import Connection, Exchange, Producer, Queue
 
 from celery_operator.brokerurl import BrokerURL, parse_broker_url, redis_queue_keys
-from celery_operator.scaling import scaler as scaler_module
 from celery_operator.scaling.decision import Policy
-from celery_operator.scaling.probes import (
-    BrokerUnreachableError,
-    Probe,
-    RabbitMQProbe,
-    RedisProbe,
-    probe_for,
-)
+from celery_operator.scaling.monitor import BrokerMonitor, probe_for
+from celery_operator.scaling.probes import BrokerUnreachableError, Probe
 from celery_operator.scaling.scaler import BuiltinScaler, Target
 from tests.support.brokers import RabbitMQServer, RedisServer
 
@@ -38,11 +35,8 @@ pytestmark = pytest.mark.broker
 
 REDIS_PASSWORD = "pr0be:/@#?%pw"  # characters that must be URL-encoded
 RABBIT_PASSWORD = f"rmq-{secrets.token_hex(8)}"
-
-# Known bug (reported, not fixed here): RedisProbe sets health_check_interval=30, so a poll
-# that comes more than 30 s after the previous one (pollingIntervalSeconds may be up to
-# 3600) first sends a PING and waits for it: two round trips instead of one.
-KNOWN_BUG_REDIS_HEALTH_CHECK_PING = False
+# How long a monitor may take to connect again once its broker is back (it backs off).
+RECONNECT = 60.0
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
@@ -57,11 +51,25 @@ def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "c
         time.sleep(0.02)
 
 
+def lengths_or_none(probe: Probe, queues: Sequence[str]) -> list[int] | None:
+    """The lengths, or None while the broker cannot be read (for wait_for)."""
+    try:
+        return probe.queue_lengths(queues)
+    except BrokerUnreachableError:
+        return None
+
+
 def assert_safe_message(message: str, url: BrokerURL, password: str) -> None:
     """The error says which broker (redacted) and what went wrong, and nothing else."""
     for form in (password, quote(password, safe=""), quote(password)):
         assert form not in message, message
     assert re.fullmatch(re.escape(url.redacted()) + r": \w+", message), message
+
+
+def assert_nothing_chained(error: BaseException) -> None:
+    """No other exception is attached (a traceback would print it, credentials and all)."""
+    assert error.__cause__ is None
+    assert error.__context__ is None or error.__suppress_context__
 
 
 def new_name(prefix: str = "q") -> str:
@@ -91,9 +99,8 @@ def redis_url(redis_server: RedisServer) -> BrokerURL:
 
 
 @pytest.fixture
-def redis_probe(redis_url: BrokerURL) -> Iterator[RedisProbe]:
-    probe = probe_for(redis_url)
-    assert isinstance(probe, RedisProbe)
+def redis_probe(redis_server: RedisServer) -> Iterator[BrokerMonitor]:
+    probe = probe_for(redis_server.url)
     yield probe
     probe.close()
 
@@ -112,9 +119,8 @@ def rabbit_url(rabbitmq_server: RabbitMQServer) -> BrokerURL:
 
 
 @pytest.fixture
-def rabbit_probe(rabbit_url: BrokerURL) -> Iterator[RabbitMQProbe]:
-    probe = probe_for(rabbit_url)
-    assert isinstance(probe, RabbitMQProbe)
+def rabbit_probe(rabbitmq_server: RabbitMQServer) -> Iterator[BrokerMonitor]:
+    probe = probe_for(rabbitmq_server.url)
     yield probe
     probe.close()
 
@@ -177,105 +183,119 @@ def test_redis_empty_or_missing_list_counts_zero(
     assert redis_probe.queue_lengths([q]) == [0]
 
 
-class SendCounter:
-    """Counts requests a redis-py connection sends: one per round trip, since a client
-    waits for the replies of one send before it sends again (a pipeline sends all its
-    commands at once, then reads all replies)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.sends: list[bytes] = []
-        original = redis.connection.Connection.send_packed_command
-
-        def counting(conn: Any, command: Any, check_health: bool = True) -> None:
-            before = len(self.sends)
-            self.sends.append(b"")  # a health-check PING inside appends its own send first
-            original(conn, command, check_health)
-            chunks = [command] if isinstance(command, (bytes, str)) else list(command)
-            data = b"".join(c.encode() if isinstance(c, str) else bytes(c) for c in chunks)
-            self.sends[before] = data
-
-        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+SHOP_OPTIONS: Mapping[str, Any] = {"global_keyprefix": "shop:", "priority_steps": [0, 5, 9]}
 
 
-def _commandstats(client: redis.Redis) -> dict[str, int]:
-    stats = client.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
-def test_redis_probe_uses_one_round_trip_per_call(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_probe: Probe
+def test_redis_counts_tasks_under_the_apps_key_prefix_and_priority_steps(
+    redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
-    queues = [new_name() for _ in range(5)]
-    for i, q in enumerate(queues):
-        redis_client.lpush(q, *[b"t"] * (i + 1))
-    redis_probe.queue_lengths(queues)  # connects: AUTH, HELLO/CLIENT SETINFO and so on
-
-    stats_before = _commandstats(redis_client)
-    counter = SendCounter(monkeypatch)
-    assert redis_probe.queue_lengths(queues) == [1, 2, 3, 4, 5]
-    assert redis_probe.queue_lengths(queues) == [1, 2, 3, 4, 5]
-    monkeypatch.undo()
-    stats_after = _commandstats(redis_client)
-
-    assert len(counter.sends) == 2, [s[:60] for s in counter.sends]
-    assert all(s.count(b"LLEN") == 4 * len(queues) for s in counter.sends)
-    # The server saw the LLENs and nothing else from the probe (the two INFO are ours).
-    delta = {k: stats_after.get(k, 0) - stats_before.get(k, 0) for k in stats_after}
-    delta = {k: v for k, v in delta.items() if v}
-    assert delta == {"llen": 2 * 4 * len(queues), "info": 1}
-
-
-@pytest.mark.xfail(
-    KNOWN_BUG_REDIS_HEALTH_CHECK_PING,
-    strict=True,
-    reason="RedisProbe's health_check_interval=30 adds a PING round trip after 30 s idle",
-)
-def test_redis_probe_one_round_trip_after_a_long_idle(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, redis_probe: Probe
-) -> None:
-    """Polls may be up to an hour apart (pollingIntervalSeconds <= 3600): still one round
-    trip per poll. Idle time is simulated by moving redis-py's clock forward."""
+    """An app whose Celery puts its queues under a key prefix, in lists of its own priority
+    steps: read with the app's transport options, every task is counted; read as the
+    operator used to (plain LLEN of the queue's default lists), none is seen."""
     q = new_name()
-    redis_probe.queue_lengths([q])  # connected and warm
+    app = Celery("shop", set_as_current=False)
+    app.conf.update(broker_url=redis_server.url, broker_transport_options=dict(SHOP_OPTIONS))
+    priorities = [None, 0, 1, 3, 5, 6, 8, 9, 9]
+    try:
+        for i, pri in enumerate(priorities):
+            app.send_task("shop.order", args=(i,), queue=q, priority=pri)
+    finally:
+        app.close()
 
-    class LaterClock:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(time, name)
+    # Where Celery put them: under the prefix, in lists of the app's steps only.
+    prefixed = sorted(k.decode() for k in redis_client.keys(f"shop:{q}*"))
+    assert prefixed == sorted(f"shop:{q}{s}" for s in ("", "\x06\x165", "\x06\x169")), prefixed
+    assert sum(redis_client.llen(k) for k in prefixed) == len(priorities)
+    in_step_5 = redis_client.llen(f"shop:{q}\x06\x165")
+    assert in_step_5 > 0
+    assert not any(redis_client.exists(k) for k in redis_queue_keys(q))
 
-        @staticmethod
-        def monotonic() -> float:
-            return time.monotonic() + 600.0
+    probes = {
+        "app's options": probe_for(redis_server.url, SHOP_OPTIONS),
+        "no options": probe_for(redis_server.url),
+        "prefix only": probe_for(redis_server.url, {"global_keyprefix": "shop:"}),
+    }
+    try:
+        assert probes["app's options"].queue_lengths([q]) == [len(priorities)]
+        # The old way was blind: no prefix, nothing found.
+        assert probes["no options"].queue_lengths([q]) == [0]
+        # The prefix alone misses the lists of steps other than kombu's default ones.
+        assert probes["prefix only"].queue_lengths([q]) == [len(priorities) - in_step_5]
+    finally:
+        for probe in probes.values():
+            probe.close()
 
-    monkeypatch.setattr(redis.connection, "time", LaterClock())
-    counter = SendCounter(monkeypatch)
-    assert redis_probe.queue_lengths([q]) == [0]
-    monkeypatch.undo()
-    assert len(counter.sends) == 1, [s[:60] for s in counter.sends]
+
+def test_redis_polls_reuse_the_monitors_connections(
+    redis_client: redis.Redis, redis_probe: Probe
+) -> None:
+    """A poll opens no connection: the monitor's own serve them all."""
+    queues = [new_name() for _ in range(3)]
+    redis_client.lpush(queues[1], b"t", b"t")
+    assert redis_probe.queue_lengths(queues) == [0, 2, 0]  # connected and warm
+
+    def connections_received() -> int:
+        return int(redis_client.info("stats")["total_connections_received"])
+
+    before = connections_received()
+    for _ in range(20):
+        assert redis_probe.queue_lengths(queues) == [0, 2, 0]
+    assert connections_received() == before
+
+
+def test_redis_a_key_that_is_not_a_list_fails_the_poll_not_the_monitor(
+    redis_client: redis.Redis, redis_probe: BrokerMonitor, redis_url: BrokerURL
+) -> None:
+    """A queue name whose key holds something else (Redis refuses LLEN: WRONGTYPE): that
+    poll fails, the monitor's connection, and the heartbeats it carries, stay."""
+    q, odd = new_name(), new_name()
+    redis_client.lpush(q, b"t")
+    redis_client.hset(odd, "not", "a list")
+    assert redis_probe.queue_lengths([q]) == [1]  # connected and warm
+    before = int(redis_client.info("stats")["total_connections_received"])
+
+    with pytest.raises(BrokerUnreachableError) as info:
+        redis_probe.queue_lengths([q, odd])
+    assert_safe_message(str(info.value), redis_url, REDIS_PASSWORD)
+    assert redis_probe.queue_lengths([q]) == [1]
+    assert redis_probe.heartbeats(("ns", "pool")).error in ("", "waiting")
+    # No reconnection: not one new connection.
+    assert int(redis_client.info("stats")["total_connections_received"]) == before
+
+
+def test_a_closed_probe_says_so_at_once(redis_server: RedisServer) -> None:
+    probe = probe_for(redis_server.url)
+    assert probe.queue_lengths([new_name()]) == [0]
+    probe.close()
+    asked_at = time.monotonic()
+    with pytest.raises(BrokerUnreachableError, match=r": stopped$"):
+        probe.queue_lengths([new_name()])
+    assert time.monotonic() - asked_at < 1.0  # not after waiting for an answer in vain
+    assert not probe.heartbeats(("ns", "pool")).known
 
 
 def test_redis_down_raises_without_credentials_then_reconnects(
     redis_server: RedisServer, redis_client: redis.Redis, redis_url: BrokerURL
 ) -> None:
-    probe = RedisProbe(redis_url, timeout=2.0)
+    probe = probe_for(redis_server.url)
     q = new_name()
     try:
         redis_client.lpush(q, b"t", b"t")
-        assert probe.queue_lengths([q]) == [2]  # a pooled connection exists now
+        assert probe.queue_lengths([q]) == [2]  # connected
 
         redis_server.stop()
         try:
-            for _ in range(2):  # the dead pooled connection, then a refused new one
+            for _ in range(2):  # the lost connection, then while it cannot connect
                 with pytest.raises(BrokerUnreachableError) as info:
                     probe.queue_lengths([q])
                 assert_safe_message(str(info.value), redis_url, REDIS_PASSWORD)
-                # nothing chained either (tracebacks would show it)
-                assert info.value.__cause__ is None
-                assert info.value.__suppress_context__
+                assert_nothing_chained(info.value)
         finally:
             redis_server.start()
 
-        # The same probe object works again (the server lost its data: no persistence).
-        assert probe.queue_lengths([q]) == [0]
+        # The same probe object works again once it has connected again (the server lost
+        # its data: no persistence).
+        assert wait_for(lambda: lengths_or_none(probe, [q]), RECONNECT, "reconnected") == [0]
         with redis_server.client() as client:
             client.lpush(q, b"t", b"t", b"t")
         assert probe.queue_lengths([q]) == [3]
@@ -287,12 +307,20 @@ def test_redis_wrong_password_is_unreachable_without_credentials(
     redis_server: RedisServer,
 ) -> None:
     wrong = "Wr0ng:/@pw"
-    url = parse_broker_url(f"redis://:{quote(wrong, safe='')}@127.0.0.1:{redis_server.port}/0")
-    probe = RedisProbe(url, timeout=2.0)
+    raw = f"redis://:{quote(wrong, safe='')}@127.0.0.1:{redis_server.port}/0"
+    url = parse_broker_url(raw)
+    probe = probe_for(raw)
     try:
         with pytest.raises(BrokerUnreachableError) as info:
             probe.queue_lengths(["celery"])
         assert_safe_message(str(info.value), url, wrong)
+        assert_nothing_chained(info.value)
+        # Its heartbeats are not known either, and say no more.
+        beats = probe.heartbeats(("ns", "pool"))
+        assert not beats.known
+        assert beats.error
+        assert wrong not in beats.error
+        assert quote(wrong, safe="") not in beats.error
     finally:
         probe.close()
 
@@ -346,7 +374,7 @@ def test_rabbitmq_counts_only_ready_messages(
 
 
 def test_rabbitmq_missing_queue_counts_zero_and_the_probe_keeps_working(
-    rabbitmq_server: RabbitMQServer, rabbit_probe: Probe
+    rabbitmq_server: RabbitMQServer, rabbit_probe: BrokerMonitor
 ) -> None:
     q1, q2 = new_name(), new_name()
     publish(rabbitmq_server, {q1: 2, q2: 1})
@@ -360,6 +388,8 @@ def test_rabbitmq_missing_queue_counts_zero_and_the_probe_keeps_working(
     # A queue that appears later is counted.
     publish(rabbitmq_server, {missing: 2})
     assert rabbit_probe.queue_lengths([missing, q1]) == [2, 2]
+    # The closed channels were not the monitor's connection: it still hears the broker.
+    assert rabbit_probe.heartbeats(("ns", "pool")).error in ("", "waiting")
 
 
 def test_rabbitmq_down_raises_without_credentials_then_reconnects(
@@ -367,21 +397,20 @@ def test_rabbitmq_down_raises_without_credentials_then_reconnects(
 ) -> None:
     q = new_name()
     publish(rabbitmq_server, {q: 4})
-    probe = RabbitMQProbe(rabbit_url, timeout=3.0)
+    probe = probe_for(rabbitmq_server.url)
     try:
         assert probe.queue_lengths([q]) == [4]
         rabbitmq_server.stop()
         try:
-            for _ in range(2):  # the dead kept-open connection, then a refused new one
+            for _ in range(2):  # the lost connection, then while it cannot connect
                 with pytest.raises(BrokerUnreachableError) as info:
                     probe.queue_lengths([q])
                 assert_safe_message(str(info.value), rabbit_url, RABBIT_PASSWORD)
-                assert info.value.__cause__ is None
-                assert info.value.__suppress_context__
+                assert_nothing_chained(info.value)
         finally:
             rabbitmq_server.start()
         # Durable queue, persistent messages: still there, read by the same probe object.
-        assert probe.queue_lengths([q]) == [4]
+        assert wait_for(lambda: lengths_or_none(probe, [q]), RECONNECT, "reconnected") == [4]
         assert probe.queue_lengths([new_name("missing"), q]) == [0, 4]
     finally:
         probe.close()
@@ -391,14 +420,14 @@ def test_rabbitmq_wrong_password_is_unreachable_without_credentials(
     rabbitmq_server: RabbitMQServer,
 ) -> None:
     wrong = "Wr0ng:/@pw"
-    url = parse_broker_url(
-        f"amqp://celery:{quote(wrong, safe='')}@127.0.0.1:{rabbitmq_server.port}/celery"
-    )
-    probe = RabbitMQProbe(url, timeout=3.0)
+    raw = f"amqp://celery:{quote(wrong, safe='')}@127.0.0.1:{rabbitmq_server.port}/celery"
+    url = parse_broker_url(raw)
+    probe = probe_for(raw)
     try:
         with pytest.raises(BrokerUnreachableError) as info:
             probe.queue_lengths(["celery"])
         assert_safe_message(str(info.value), url, wrong)
+        assert_nothing_chained(info.value)
     finally:
         probe.close()
 
@@ -414,6 +443,7 @@ class Recorder:
         self.lock = threading.Lock()
         self.observations: list[tuple[float, list[int]]] = []  # (after the read, lengths)
         self.changes: list[tuple[float, tuple[str, str], int | None]] = []
+        self.closed = 0
 
     def on_change(self, key: tuple[str, str]) -> None:
         replicas = self._scaler_ref[0].replicas(key)
@@ -421,6 +451,8 @@ class Recorder:
             self.changes.append((time.monotonic(), key, replicas))
 
     def wrap(self, probe: Probe) -> Probe:
+        """The shared monitor as the scaler's probe: closing it leaves the monitor running
+        (as the operator's registry does), and is counted."""
         recorder = self
 
         class Recording:
@@ -431,7 +463,8 @@ class Recorder:
                 return lengths
 
             def close(self) -> None:
-                probe.close()
+                with recorder.lock:
+                    recorder.closed += 1
 
         return Recording()
 
@@ -440,13 +473,13 @@ class Recorder:
             return max(t for t, lengths in self.observations if sum(lengths) > 0)
 
 
-def test_builtin_scaler_on_a_real_redis(
-    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, redis_url: BrokerURL
-) -> None:
+def test_builtin_scaler_on_a_real_redis(redis_server: RedisServer, redis_url: BrokerURL) -> None:
     scaler_ref: list[BuiltinScaler] = []
     rec = Recorder(scaler_ref)
-    monkeypatch.setattr(scaler_module, "probe_for", lambda url: rec.wrap(probe_for(url)))
-    scaler = BuiltinScaler(on_change=rec.on_change, workers=2)
+    monitor = probe_for(redis_server.url)  # one, shared by every poll
+    scaler = BuiltinScaler(
+        on_change=rec.on_change, probe_for=lambda t: rec.wrap(monitor), workers=2
+    )
     scaler_ref.append(scaler)
 
     key = ("team-a", "workers")
@@ -506,10 +539,13 @@ def test_builtin_scaler_on_a_real_redis(
         finally:
             redis_server.start()
 
-        # Back (and empty: the server keeps no data): the error clears, and the pool goes
-        # down to min only after a cooldown of empty readings.
-        wait_for(lambda: scaler.status(key)["error"] is None, what="the error cleared")
+        # Back (and empty: the server keeps no data): the error clears once the monitor has
+        # connected again, and the pool goes down to min only after a cooldown of empty
+        # readings.
+        wait_for(lambda: scaler.status(key)["error"] is None, RECONNECT, "the error cleared")
         assert len(rec.changes) > changes_during_outage  # the pool was told
         wait_for(lambda: scaler.replicas(key) == 1, what="min after the outage")
+        assert rec.closed > 0, "the scaler dropped its probe during the outage"
     finally:
         scaler.stop()
+        monitor.close()

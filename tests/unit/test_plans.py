@@ -29,6 +29,8 @@ from celery_operator.plans.celeryworkerpool import (
 )
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import FlowerInputs, plan_flower
+from celery_operator.plans.workers import PodView
+from celery_operator.scaling.workers import Heartbeat, PoolHeartbeats
 from tests.support import objects as o
 
 NOW = "2026-01-01T00:00:00Z"
@@ -443,6 +445,84 @@ def flower_inputs(
     )
 
 
+def heard(*pods: tuple[str, int], known: bool = True, error: str = "") -> PoolHeartbeats:
+    return PoolHeartbeats(
+        known=known, error=error, beats={name: Heartbeat(active, 2.0, 1.0) for name, active in pods}
+    )
+
+
+def worker_pods(*names: str, draining: str | None = None) -> tuple[PodView, ...]:
+    return tuple(PodView(n, created=EPOCH - 3600, draining_since=draining) for n in names)
+
+
+EPOCH = 1_800_000_000.0
+WORKER_CASES = [
+    Case(
+        "heartbeats-heard",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            connections={BROKER: Connection(REDIS)},
+            pods=worker_pods("w1", "w2"),
+            heartbeats=heard(("w1", 0), ("w2", 3)),
+            epoch=EPOCH,
+        ),
+        {"LoadObserved": ("True", "HeartbeatsReceived")},
+        deployment=deployment(2),
+        check=lambda plan, status: (
+            status["workers"]
+            == {
+                "online": 2,
+                "busy": 1,
+                "activeTasks": 3,
+                "unknown": 0,
+                "draining": 0,
+                "summary": "1/2",
+            }
+            or pytest.fail(str(status["workers"]))
+        ),
+    ),
+    Case(
+        "broker-not-heard",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            connections={BROKER: Connection(REDIS)},
+            pods=worker_pods("w1"),
+            heartbeats=PoolHeartbeats(known=False, error="ConnectionRefusedError"),
+            epoch=EPOCH,
+        ),
+        {"LoadObserved": ("False", "BrokerUnreachable"), "Ready": ("True", "Available")},
+        deployment=deployment(2),
+    ),
+    Case(
+        "broker-without-events",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            connections={BROKER: Connection(REDIS)},
+            heartbeats=PoolHeartbeats(known=False, supported=False),
+        ),
+        {"LoadObserved": ("False", "NotSupported")},
+        deployment=deployment(2),
+    ),
+    Case(
+        "scale-down-drains-a-busy-worker",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec={"replicas": 1},
+            connections={BROKER: Connection(REDIS)},
+            pods=worker_pods("w1", "w2"),
+            heartbeats=heard(("w1", 1), ("w2", 1)),
+            deployment=deployment(2),
+            epoch=EPOCH,
+        ),
+        {"Reconciling": ("True", "Draining"), "LoadObserved": ("True", "HeartbeatsReceived")},
+        deployment=deployment(2),
+        check=lambda plan, status: (
+            (plan.replicas, plan.retry_after) == (2, 2.0)
+            or pytest.fail(str((plan.replicas, plan.retry_after)))
+        ),
+    ),
+]
+
 FLOWER_CASES = [
     Case(
         "schema-invalid",
@@ -676,7 +756,7 @@ PLANS: dict[str, Callable[[Any], Any]] = {
     "Flower": plan_flower,
     "CeleryApp": plan_app,
 }
-CASES = POOL_CASES + FLOWER_CASES + APP_CASES
+CASES = POOL_CASES + WORKER_CASES + FLOWER_CASES + APP_CASES
 
 
 def run(case: Case) -> tuple[Any, dict[str, Any]]:
@@ -727,7 +807,10 @@ def test_every_reason_set_is_documented_and_every_documented_reason_is_set() -> 
 
 # ---- what the plans read, and what they decide beyond conditions -----------------------------
 def test_a_pool_reads_the_broker_only_when_it_needs_it() -> None:
-    assert connection_reads(pool_inputs()) == ()  # same namespace, fixed replicas
+    # Same namespace, fixed replicas: only to hear its workers (busy-worker protection).
+    assert connection_reads(pool_inputs()) == (BROKER,)
+    unprotected = {"scaleDown": {"protectBusyWorkers": False}}
+    assert connection_reads(pool_inputs(spec=unprotected)) == ()
     assert connection_reads(pool_inputs(spec=KEDA)) == (BROKER,)
     assert connection_reads(pool_inputs(TEAM)) == (BROKER, RESULT_BACKEND)
     # Nothing is read for a pool that is blocked earlier, paused, or in a status-only pass.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from celery_operator.brokerurl import parse_broker_url
 from celery_operator.scaling.decision import Policy
+from celery_operator.scaling.monitor import probe_for
+from celery_operator.scaling.probes import Probe
 from celery_operator.scaling.scaler import BuiltinScaler, Target
 
 
@@ -18,16 +22,28 @@ def target(url: str = "redis://127.0.0.1:1/0") -> Target:
     )
 
 
+class Surprising:
+    def queue_lengths(self, queues: Sequence[str]) -> list[int]:
+        raise RuntimeError("redis://:topsecret@127.0.0.1:1/0 exploded")
+
+    def close(self) -> None:
+        pass
+
+
+def surprising(t: Target) -> Probe:
+    return Surprising()
+
+
 def test_a_surprise_error_is_reported_and_polling_goes_on() -> None:
-    """A URL that parses but cannot make a client (redis db 'abc') must not wedge the pool."""
+    """An error no probe should raise must not wedge the pool, nor leak what it says."""
     changes: list[tuple[str, str]] = []
-    s = BuiltinScaler(on_change=changes.append)
-    t = target("redis://:topsecret@127.0.0.1:1/abc")
+    s = BuiltinScaler(on_change=changes.append, probe_for=surprising)
+    t = target("redis://:topsecret@127.0.0.1:1/0")
     s.track(t, current=2)
     s.poll(t.key)
     st = s.status(t.key)
     assert st is not None
-    assert st["error"] == "redis://:***@127.0.0.1:1/abc: BrokerURLError"
+    assert st["error"] == "redis://:***@127.0.0.1:1/0: RuntimeError"
     assert "topsecret" not in str(st)
     assert s.replicas(t.key) == 2, "replicas stay as they are"
     assert changes == [t.key]
@@ -45,8 +61,9 @@ def test_untrack_then_track_keeps_one_schedule_entry() -> None:
 
 
 def test_unreachable_broker_is_reported_without_credentials() -> None:
-    s = BuiltinScaler(on_change=lambda key: None)
-    t = target("redis://:topsecret@127.0.0.1:1/0")  # nothing listens on port 1
+    url = "redis://:topsecret@127.0.0.1:1/0"  # nothing listens on port 1
+    s = BuiltinScaler(on_change=lambda key: None, probe_for=lambda t: probe_for(url))
+    t = target(url)
     s.track(t, current=3)
     s.poll(t.key)
     st = s.status(t.key)
@@ -55,3 +72,39 @@ def test_unreachable_broker_is_reported_without_credentials() -> None:
     assert st["error"].startswith("redis://:***@127.0.0.1:1/0")
     assert "topsecret" not in st["error"]
     assert s.replicas(t.key) == 3
+
+
+class Fixed:
+    def __init__(self) -> None:
+        self.lengths = [0]
+
+    def queue_lengths(self, queues: Sequence[str]) -> list[int]:
+        return list(self.lengths)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_new_queue_length_is_reported_once_the_quiet_time_passed() -> None:
+    """A change that comes within STATUS_EVERY of the last report is reported later, even
+    when the polls in between see no further change."""
+    from celery_operator.scaling.scaler import STATUS_EVERY
+
+    now = [1000.0]
+    probe = Fixed()
+    changes: list[tuple[str, str]] = []
+    s = BuiltinScaler(on_change=changes.append, probe_for=lambda t: probe, clock=lambda: now[0])
+    t = target()
+    s.track(t, current=1)
+    s.poll(t.key)  # first poll: reported
+    assert len(changes) == 1
+    now[0] += 1
+    probe.lengths = [3]  # below the target: no scaling, only a new figure
+    s.poll(t.key)
+    assert len(changes) == 1, "within the quiet time"
+    now[0] += STATUS_EVERY
+    s.poll(t.key)  # the same 3 as the last poll, but the pool never heard of it
+    assert len(changes) == 2
+    st = s.status(t.key)
+    assert st is not None
+    assert st["queueLength"] == 3

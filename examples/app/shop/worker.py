@@ -18,7 +18,7 @@ person can count what started, finished, or ran twice:
 
 The app acknowledges a task only once it has finished (`task_acks_late`) and prefetches
 one task per process: a task a worker cannot finish goes back to its queue instead of
-being lost.
+being lost. SHOP_BROKER_TRANSPORT_OPTIONS (JSON) sets its kombu broker transport options.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ app.conf.update(
         },
     },
 )
+# Where the broker keeps messages (kombu transport options: a key prefix, priority steps):
+# the CeleryApp's spec.broker.transportOptions says the same, for the operator.
+if os.environ.get("SHOP_BROKER_TRANSPORT_OPTIONS"):
+    app.conf.broker_transport_options = json.loads(os.environ["SHOP_BROKER_TRANSPORT_OPTIONS"])
 
 _recorder: Any = None
 

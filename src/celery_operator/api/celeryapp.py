@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, WithJsonSchema
 
 from celery_operator.api.base import (
     API_VERSION,
@@ -61,6 +61,19 @@ class ConnectionSpec(Model):
     """A broker or result backend connection."""
 
     url: UrlSource = Field(description="The connection URL (exactly one of value/secretKeyRef).")
+    transport_options: Annotated[
+        dict[str, Any],
+        WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+    ] = Field(
+        default_factory=dict,
+        description=(
+            "Broker only. The kombu transport options of the app's own Celery configuration "
+            "(broker_transport_options) that change where messages are kept: global_keyprefix, "
+            "priority_steps, sep, fanout_prefix, fanout_patterns (Redis), queue_name_prefix "
+            "(SQS). The operator reads queue lengths and worker heartbeats with them; set "
+            "them as the app does. The app's pods are not changed by them."
+        ),
+    )
 
 
 class PodDefaults(Model):

@@ -255,6 +255,30 @@ class AutoscalingSpec(Model):
     )
 
 
+class ScaleDownSpec(Model):
+    """How workers go when the replicas are lowered."""
+
+    protect_busy_workers: bool = Field(
+        default=True,
+        description=(
+            "Idle workers are removed first, whatever lowers the replicas (the built-in "
+            "scaler, an HPA, KEDA, kubectl scale): each worker pod's "
+            "controller.kubernetes.io/pod-deletion-cost follows its load, read from the "
+            "workers' own heartbeats. A worker whose heartbeats stop counts as busy."
+        ),
+    )
+    drain_timeout_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "Built-in engine and manual scale-down, when every worker that would go is busy: "
+            "those workers stop consuming first (Celery's cancel_consumer) and the replicas "
+            "are lowered once they are idle, or after this many seconds. 0: no drain."
+        ),
+    )
+
+
 class CeleryWorkerPoolSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": rules(
@@ -337,12 +361,32 @@ class CeleryWorkerPoolSpec(Model):
     autoscaling: AutoscalingSpec | None = Field(
         default=None, description="Autoscaling; absent: a fixed number of replicas."
     )
+    scale_down: ScaleDownSpec = sub(ScaleDownSpec, "How workers go when replicas are lowered.")
+
+
+class WorkersStatus(Model):
+    """The pool's workers as their heartbeats tell (busy: running at least one task)."""
+
+    online: int = Field(default=0, description="Workers whose heartbeats arrive.")
+    busy: int = Field(default=0, description="Online workers running tasks.")
+    active_tasks: int = Field(default=0, description="Tasks the online workers are running.")
+    unknown: int = Field(
+        default=0,
+        description="Worker pods with no recent heartbeat: counted as busy, never as idle.",
+    )
+    draining: int = Field(
+        default=0, description="Workers told to stop consuming before they are removed."
+    )
+    summary: str = Field(default="", description="busy/online, for display.")
 
 
 class AutoscalerStatus(Model):
     engine: str = Field(description="hpa, keda or builtin.")
     desired_replicas: int | None = Field(default=None, description="Replicas the scaler wants.")
     queue_length: int | None = Field(default=None, description="Waiting tasks at the last poll.")
+    active_tasks: int | None = Field(
+        default=None, description="Tasks the workers were running at the last poll."
+    )
     last_scale_time: str | None = Field(
         default=None,
         description="When replicas last changed.",
@@ -368,6 +412,10 @@ class CeleryWorkerPoolStatus(Model):
         default=None, description="Label selector of the worker pods (scale subresource)."
     )
     autoscaler: AutoscalerStatus | None = Field(default=None, description="Autoscaler state.")
+    workers: WorkersStatus | None = Field(
+        default=None,
+        description="The workers' load, from their heartbeats (when the operator reads them).",
+    )
 
 
 class CeleryWorkerPool(Model):

@@ -31,6 +31,7 @@ RECONCILING = "Reconciling"
 DEGRADED = "Degraded"
 ACCEPTED = "Accepted"
 SCALING_ACTIVE = "ScalingActive"
+LOAD_OBSERVED = "LoadObserved"
 
 # ---- why an object is not (yet) running what its spec says --------------------------------
 INVALID_SPEC = "InvalidSpec"
@@ -52,6 +53,7 @@ ROLLOUT_FAILED = "RolloutFailed"
 ROLLING_OUT = "RollingOut"
 COMPLETE = "Complete"
 PAUSED = "Paused"
+DRAINING = "Draining"
 
 # ---- the app's roll-up ----------------------------------------------------------------------
 ALL_COMPONENTS_READY = "AllComponentsReady"
@@ -63,6 +65,11 @@ AS_EXPECTED = "AsExpected"
 POLLING = "Polling"
 QUEUE_LENGTH_READ = "QueueLengthRead"
 BROKER_UNREACHABLE = "BrokerUnreachable"
+
+# ---- the workers' heartbeats ------------------------------------------------------------------
+HEARTBEATS_RECEIVED = "HeartbeatsReceived"
+CONNECTING = "Connecting"
+NOT_SUPPORTED = "NotSupported"
 
 # Waiting reasons of a container that will not start or keeps stopping by itself (and the
 # pod's own Unschedulable): Ready carries them instead of "0/1 replicas ready".

@@ -173,6 +173,7 @@ POOL = Kind(
         _col("App", ".spec.appRef.name"),
         _col("Queues", ".spec.queues"),
         _col("Ready", ".status.readySummary"),
+        _col("Busy", ".status.workers.summary"),
         _col("Autoscaling", ".status.autoscaler.summary"),
         _AGE,
         _col("Accepted", '.status.conditions[?(@.type=="Accepted")].status', priority=1),

@@ -15,6 +15,7 @@ from typing import Any
 from celery_operator.api.conditions import Blocker
 from celery_operator.api.kinds import KINDS, NAMESPACE, Key
 from celery_operator.k8s.objects import compare_resource_versions, controller_uid, slim
+from celery_operator.plans.workers import PodView
 
 MAX_TOMBSTONES = 10_000
 Ident = tuple[str, str, str]  # ("apiVersion/kind", namespace, name)
@@ -46,6 +47,8 @@ class Cache:
         self._gone: dict[str, None] = {}
         # Pods that cannot run: pod name -> problem. A healthy pod costs nothing here.
         self.pod_problems: dict[PodOwner, dict[str, Blocker]] = {}
+        # Worker pods by pool, as much as busy-worker protection needs of them.
+        self.worker_pods: dict[Key, dict[str, PodView]] = {}
 
     # ---- the kinds' tables -------------------------------------------------------------
     def get(self, kind: str, key: Key) -> dict[str, Any] | None:
@@ -114,6 +117,25 @@ class Cache:
         with self.lock:
             pods = self.pod_problems.get(owner)
             return pods[min(pods)] if pods else None
+
+    def set_worker_pod(self, pool: Key, name: str, view: PodView | None) -> bool:
+        """Records (or with None, forgets) a worker pod. True when the pool should look
+        again: a pod came or went, became (un)ready or started to go. The operator's own
+        annotations are recorded without that."""
+        with self.lock:
+            pods = self.worker_pods.setdefault(pool, {})
+            old = pods.get(name)
+            if view is None:
+                pods.pop(name, None)
+                if not pods:
+                    self.worker_pods.pop(pool, None)
+                return old is not None
+            pods[name] = view
+            return old is None or (old.ready, old.deleting) != (view.ready, view.deleting)
+
+    def worker_pods_of(self, pool: Key) -> tuple[PodView, ...]:
+        with self.lock:
+            return tuple(sorted(self.worker_pods.get(pool, {}).values(), key=lambda p: p.name))
 
     # ---- children ----------------------------------------------------------------------
     def owned(self, owner_uid: str) -> dict[Ident, dict[str, Any]]:

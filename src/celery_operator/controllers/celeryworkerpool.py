@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.kinds import APP, POOL, Key, pool_app_key
+from celery_operator.controllers import metrics
 from celery_operator.controllers.context import ROLLUP_DELAY, Context, patch_status_if_changed
+from celery_operator.controllers.runtime import Retry
 from celery_operator.k8s import client
 from celery_operator.k8s.children import delete_owned, hand_off_replicas
 from celery_operator.plans.celeryworkerpool import (
@@ -23,7 +26,9 @@ from celery_operator.plans.celeryworkerpool import (
     plan_pool,
 )
 from celery_operator.plans.common import parse, parse_app
+from celery_operator.plans.workers import WorkerPlan
 from celery_operator.render.autoscaling import autoscaler_engine
+from celery_operator.scaling.probes import BrokerUnreachableError
 
 log = logging.getLogger("celery_operator")
 
@@ -34,6 +39,9 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
     if inputs is None:  # deleted: ownerReferences garbage-collect the children
         if ctx.scaler is not None:
             ctx.scaler.untrack(key)
+        if ctx.monitors is not None:
+            ctx.monitors.unwatch(key)
+        metrics.forget(key)
         return
     apply_pool(ctx, plan_pool(inputs))
 
@@ -55,6 +63,9 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
         apply=apply,
         scaler=_scaler_view(ctx, key),
         problem=ctx.cache.pod_problem((key[0], POOL.pod_component, key[1])),
+        pods=ctx.cache.worker_pods_of(key),
+        heartbeats=None if ctx.monitors is None else ctx.monitors.heartbeats(key),
+        epoch=ctx.epoch(),
     )
     reads = connection_reads(inputs)
     if not reads:
@@ -73,7 +84,11 @@ def _scaler_view(ctx: Context, key: Key) -> ScalerView | None:
         return None
     st: dict[str, Any] = ctx.scaler.status(key) or {}
     return ScalerView(
-        st.get("desiredReplicas"), st.get("queueLength"), st.get("lastScaleTime"), st.get("error")
+        st.get("desiredReplicas"),
+        st.get("queueLength"),
+        st.get("lastScaleTime"),
+        st.get("error"),
+        st.get("activeTasks"),
     )
 
 
@@ -99,7 +114,7 @@ def read_connection(app: CeleryApp, which: str) -> Connection:
 
 
 def apply_pool(ctx: Context, plan: PoolPlan) -> None:
-    """Stops, tracks, hands off and applies as planned, then writes the status."""
+    """Stops, tracks, listens, hands off and applies as planned, then writes the status."""
     uid = plan.body["metadata"]["uid"]
     if plan.delete_children:
         n = ctx.delete_children(uid) + sum(
@@ -109,16 +124,57 @@ def apply_pool(ctx: Context, plan: PoolPlan) -> None:
             log.info(
                 "pool %s/%s not accepted (%s): stopped its workers", *plan.key, plan.accepted.reason
             )
-    if ctx.scaler is not None and plan.track is not None:
-        ctx.scaler.track(plan.track, plan.replicas or 0)
-    elif ctx.scaler is not None and plan.untrack:
-        ctx.scaler.untrack(plan.key)
+    _follow(ctx, plan)
+    if plan.worker_plan is not None:
+        apply_workers(ctx, plan.key, plan.body, plan.worker_plan)
     ident = plan.deployment_ident
     cached = ctx.cache.child(uid, *ident)
     if plan.hand_off_replicas and cached is not None:
         hand_off_replicas({"apiVersion": "apps/v1", "kind": "Deployment", **cached})
     deployment, conflict = ctx.apply_children(uid, plan.children, ident)
-    patch_status_if_changed(plan.body, POOL, plan.status(deployment, conflict))
+    status = plan.status(deployment, conflict)
+    patch_status_if_changed(plan.body, POOL, status)
+    metrics.record(plan.key, status, plan.worker_plan)
+    if plan.retry_after is not None and conflict is None:
+        raise Retry(plan.retry_after, "a drain is in progress")
+
+
+def _follow(ctx: Context, plan: PoolPlan) -> None:
+    """The built-in scaler polls, and a broker monitor listens, as the plan says."""
+    if ctx.scaler is not None and plan.track is not None:
+        ctx.scaler.track(plan.track, plan.replicas or 0)
+    elif ctx.scaler is not None and plan.untrack:
+        ctx.scaler.untrack(plan.key)
+    if ctx.monitors is not None and plan.monitor is not None:
+        ctx.monitors.watch(plan.key, plan.monitor)
+    elif ctx.monitors is not None and plan.unmonitor:
+        ctx.monitors.unwatch(plan.key)
+
+
+def apply_workers(ctx: Context, key: Key, body: Mapping[str, Any], wp: WorkerPlan) -> None:
+    """Deletion costs and drain marks on the pods; stop or resume consuming."""
+    for pod, marks in wp.patches:
+        try:
+            client.patch_object(
+                "v1", "Pod", pod, key[0], {"metadata": {"annotations": dict(marks)}}
+            )
+            metrics.POD_WRITES.inc()
+        except client.ApiError as e:
+            if not e.not_found:
+                raise
+    queues = list((body.get("spec") or {}).get("queues") or [])
+    monitor = None if ctx.monitors is None else ctx.monitors.monitor(key)
+    for command, pods in (("cancel_consumer", wp.cancel), ("add_consumer", wp.resume)):
+        if not pods or monitor is None:
+            continue
+        nodes = [f"{key[1]}.{key[0]}@{pod}" for pod in pods]
+        try:
+            getattr(monitor, command)(queues, nodes)
+        except BrokerUnreachableError as e:
+            log.warning("pool %s/%s: %s %s: %s", *key, command, ", ".join(pods), e)
+    if wp.outcome is not None:
+        metrics.DRAINS.labels(wp.outcome).inc()
+        log.info("pool %s/%s: drain %s (%s)", *key, wp.outcome, ", ".join(wp.draining) or "-")
 
 
 def on_pool_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from celery_operator.controllers.cache import Cache, Ident, ident
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, apply_owned
+from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
 from celery_operator.status import now_iso, status_changed
 
@@ -25,6 +27,9 @@ log = logging.getLogger("celery_operator")
 # Status roll-ups wait this long for more changes, so a burst makes one write.
 ROLLUP_DELAY = 0.25
 CHILD_STATUS_DELAY = 0.1
+# A pool's workers changed load (or pods came and went): one look per pool per second
+# however many changed, so deletion-cost writes are batched.
+WORKERS_DELAY = 1.0
 # Child kinds no watch tells about (Secrets): always applied, never skipped by hash.
 UNWATCHED_KINDS = frozenset(c.resource.kind for c in child_kinds() if not c.watched)
 
@@ -38,6 +43,7 @@ class Context:
     cache: Cache
     queue: WorkQueue
     scaler: BuiltinScaler | None = None
+    monitors: Monitors | None = None
     keda: client.ServedCheck | None = None
 
     def __post_init__(self) -> None:
@@ -55,6 +61,10 @@ class Context:
     @staticmethod
     def now() -> str:
         return now_iso()
+
+    @staticmethod
+    def epoch() -> float:
+        return time.time()
 
     # ---- apply -------------------------------------------------------------------------
     def apply_children(

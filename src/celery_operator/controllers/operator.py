@@ -39,10 +39,13 @@ from celery_operator.api.kinds import (
 from celery_operator.api.labels import LABEL_COMPONENT, OWNED_LABELS, selector
 from celery_operator.controllers import celeryapp, celeryworkerpool, flower
 from celery_operator.controllers.cache import Cache
-from celery_operator.controllers.context import CHILD_STATUS_DELAY, Context
+from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELAY, Context
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s.objects import controller_ref
+from celery_operator.plans.workers import PodView, epoch_of
+from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
+from celery_operator.scaling.workers import DELETION_COST, DRAINING_SINCE
 from celery_operator.status import pod_problem
 
 log = logging.getLogger("celery_operator")
@@ -84,7 +87,16 @@ class OperatorConfig:
 
 def build_context(workers: int) -> Context:
     ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers))
-    ctx.scaler = BuiltinScaler(on_change=lambda key: ctx.queue.add(POOL.task, key))
+    # A pool's workers changed load: a status pass writes the deletion costs (batched).
+    ctx.monitors = Monitors(
+        on_change=lambda key: ctx.queue.add_soon(_status_task(POOL), key, WORKERS_DELAY)
+    )
+    monitors = ctx.monitors
+    ctx.scaler = BuiltinScaler(
+        on_change=lambda key: ctx.queue.add(POOL.task, key),
+        probe_for=lambda target: monitors.probe(target.url_id),
+        active_of=monitors.active_tasks,
+    )
     for kind in KINDS:
         reconcile = CONTROLLERS[kind.name][0]
         ctx.queue.reconcilers[kind.task] = partial(reconcile, ctx)
@@ -131,6 +143,24 @@ def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     problem = None if gone else pod_problem(body)
     if ctx.cache.set_pod_problem((ns, component, owner_name), str(meta["name"]), problem):
         ctx.queue.add_soon(_status_task(owner), (ns, owner_name), CHILD_STATUS_DELAY)
+    if owner is POOL:
+        view = None if event_type == "DELETED" else worker_pod_view(body)
+        if ctx.cache.set_worker_pod((ns, owner_name), str(meta["name"]), view):
+            ctx.queue.add_soon(_status_task(POOL), (ns, owner_name), WORKERS_DELAY)
+
+
+def worker_pod_view(pod: dict[str, Any]) -> PodView:
+    meta = pod["metadata"]
+    annotations = meta.get("annotations") or {}
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return PodView(
+        name=str(meta["name"]),
+        created=epoch_of(str(meta.get("creationTimestamp", ""))) or 0.0,
+        ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
+        deleting=bool(meta.get("deletionTimestamp")),
+        cost=annotations.get(DELETION_COST),
+        draining_since=annotations.get(DRAINING_SINCE),
+    )
 
 
 def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
@@ -180,6 +210,10 @@ def prime_cache(ctx: Context, namespaces: list[str]) -> None:
             raise
         for obj in items:
             ctx.cache.put_child(obj, deleted=False)
+    # Pods too: a drain in progress is written on the worker pods, and the first reconcile
+    # of a pool must see it (and why pods cannot run).
+    for pod in _list(POD, scopes, selector(OWNED_LABELS)):
+        on_pod_event(ctx, "ADDED", pod)
     enqueue_all(ctx)
 
 
@@ -226,6 +260,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
             task.cancel()
         if ctx.scaler is not None:
             ctx.scaler.stop()
+        if ctx.monitors is not None:
+            ctx.monitors.stop()
         await ctx.queue.stop()
 
 

@@ -47,12 +47,11 @@ def operator_rules() -> list[dict[str, Any]]:
         )
     return [
         *rules,
-        # Its workers', beat's and Flower's pods: why they cannot run, for the status;
-        # namespaces: workerPoolPolicy selects them by label.
-        *(
-            {"apiGroups": [g], "resources": p, "verbs": list(READ)}
-            for g, p in _by_group([POD, NAMESPACE]).items()
-        ),
+        # Its workers', beat's and Flower's pods: why they cannot run, for the status, and
+        # the workers' deletion costs and drain marks (annotations only: patch, never
+        # create or delete); namespaces: workerPoolPolicy selects them by label.
+        {"apiGroups": [POD.group], "resources": [POD.plural], "verbs": [*READ, "patch"]},
+        {"apiGroups": [NAMESPACE.group], "resources": [NAMESPACE.plural], "verbs": list(READ)},
         # kopf discovers resources (KEDA's may appear later) through CRDs: read only.
         {
             "apiGroups": ["apiextensions.k8s.io"],

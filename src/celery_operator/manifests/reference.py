@@ -27,12 +27,18 @@ from celery_operator.api.conditions import (
     AS_EXPECTED,
     AVAILABLE,
     BOUND,
+    BROKER_UNREACHABLE,
     CHILD_CONFLICT,
     COMPLETE,
     COMPONENTS_UNAVAILABLE,
+    CONNECTING,
     CREATING,
     DEGRADED,
+    DRAINING,
+    HEARTBEATS_RECEIVED,
     INVALID_SPEC,
+    LOAD_OBSERVED,
+    NOT_SUPPORTED,
     PAUSED,
     POD_PROBLEM_REASONS,
     POLLING,
@@ -245,9 +251,18 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
         ),
         ConditionDoc(
             RECONCILING,
-            "True while the worker Deployment is being created or rolled out.",
+            "True while the worker Deployment is being created or rolled out, or busy workers "
+            "drain before a scale-down.",
             (
                 *_ROLLOUT_RECONCILING,
+                _r(
+                    "True",
+                    DRAINING,
+                    "The operator lowers the replicas (engine builtin, or a lower "
+                    "`spec.replicas`) and the workers that would go are busy: they were told "
+                    "to stop consuming, and the replicas are lowered once they are idle or "
+                    "after `spec.scaleDown.drainTimeoutSeconds`. The message names them.",
+                ),
                 *(_r("False", r.reason, "As Ready.") for r in _BLOCKED_POOL),
             ),
         ),
@@ -260,8 +275,34 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                 _r("True", QUEUE_LENGTH_READ, "The message says how many tasks wait."),
                 _r(
                     "False",
-                    "BrokerUnreachable",
+                    BROKER_UNREACHABLE,
                     "The broker cannot be read; replicas stay as they are until it can.",
+                ),
+            ),
+        ),
+        ConditionDoc(
+            LOAD_OBSERVED,
+            "With `spec.scaleDown.protectBusyWorkers` (the default) or engine builtin: whether "
+            "the operator hears the workers' Celery heartbeats (`status.workers`).",
+            (
+                _r("True", HEARTBEATS_RECEIVED, "The operator listens to the app's broker."),
+                _r(
+                    "False",
+                    CONNECTING,
+                    "Connecting to the broker, or waiting for the first heartbeats (a few "
+                    "seconds): nothing is decided from an empty picture.",
+                ),
+                _r(
+                    "False",
+                    BROKER_UNREACHABLE,
+                    "The broker cannot be read: deletion costs and drains in progress are left "
+                    "as they are (a drain still ends at its timeout).",
+                ),
+                _r(
+                    "False",
+                    NOT_SUPPORTED,
+                    "The broker carries no worker events (Amazon SQS): busy workers are not "
+                    "protected.",
                 ),
             ),
         ),

@@ -10,7 +10,9 @@ the status into ChildConflict (`PoolPlan.status`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,10 @@ from celery_operator.api.conditions import (
     BOUND,
     BROKER_UNREACHABLE,
     BROKER_UNREADABLE,
+    CONNECTING,
+    HEARTBEATS_RECEIVED,
     INVALID_SPEC,
+    NOT_SUPPORTED,
     POLLING,
     QUEUE_LENGTH_READ,
     Blocker,
@@ -31,11 +36,13 @@ from celery_operator.api.kinds import DEPLOYMENT, POOL, Key, pool_app_key
 from celery_operator.api.labels import selector
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.plans.common import Body, app_problems, kept_block
+from celery_operator.plans.workers import PodView, WorkerPlan, plan_workers, workers_status
 from celery_operator.render import autoscaling as render_autoscaling
 from celery_operator.render import celeryworkerpool as render
 from celery_operator.render import common
 from celery_operator.scaling.decision import Policy
 from celery_operator.scaling.scaler import Target
+from celery_operator.scaling.workers import MonitorTarget, PoolHeartbeats
 from celery_operator.status import AppRef, pool_status
 from celery_operator.validation import errors, format_problems
 from celery_operator.validation.celeryworkerpool import (
@@ -46,13 +53,14 @@ from celery_operator.validation.celeryworkerpool import (
 )
 
 BROKER, RESULT_BACKEND = "broker", "resultBackend"
+MONITORED_FAMILIES = ("redis", "amqp")  # brokers that carry Celery's worker events
 
 
 @dataclass(frozen=True)
 class Connection:
     """A connection URL of the app as gather read it: the URL, or why it could not."""
 
-    url: str | None = None
+    url: str | None = field(default=None, repr=False)  # it may carry a password
     problem: str = ""
 
 
@@ -65,6 +73,7 @@ class ScalerView:
     queue_length: int | None = None
     last_scale_time: str | None = None
     error: str | None = None
+    active_tasks: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class PoolInputs:
     keda_installed: bool = True
     scaler: ScalerView | None = None  # None: no built-in scaler runs in this process
     problem: Blocker | None = None  # a worker pod that cannot run
+    pods: Sequence[PodView] = ()  # the worker pods
+    heartbeats: PoolHeartbeats | None = None  # None: the broker is not listened to (yet)
+    epoch: float = 0.0  # the clock, in seconds (drains are timed against the pods' marks)
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,13 @@ class PoolPlan:
     paused: bool = False
     problem: Blocker | None = None
     now: str = ""
+    monitor: MonitorTarget | None = None  # the broker to listen to for the pool's workers
+    unmonitor: bool = False
+    worker_plan: WorkerPlan | None = None  # deletion costs, drains, consumer commands
+    workers: dict[str, Any] | None = None  # status.workers
+    load: Outcome | None = None  # LoadObserved
+    draining: str = ""  # Reconciling=Draining, its message
+    retry_after: float | None = None  # look again (a drain in progress)
 
     @property
     def deployment_ident(self) -> tuple[str, str, str]:
@@ -129,6 +148,9 @@ class PoolPlan:
             scaling=None if conflict else self.scaling,
             paused=self.paused,
             problem=self.problem,
+            workers=self.workers,
+            load=None if conflict else self.load,
+            draining="" if conflict else self.draining,
             now=self.now,
         )
 
@@ -153,7 +175,8 @@ def connection_reads(i: PoolInputs) -> tuple[str, ...]:
     engine = render_autoscaling.autoscaler_engine(i.pool)
     if cross_ns:
         return (BROKER, RESULT_BACKEND)
-    return (BROKER,) if engine in ("builtin", "keda") else ()
+    needed = engine in ("builtin", "keda") or _monitored(i.pool, engine)
+    return (BROKER,) if needed else ()
 
 
 def _early_block(i: PoolInputs) -> Blocker | None:
@@ -184,6 +207,7 @@ def plan_pool(i: PoolInputs) -> PoolPlan:
         deployment_name=common.worker_deployment_name(app_key[1], i.key[1]),
         selector=selector(render.selector_labels(pool)),
         untrack=True,
+        unmonitor=True,
     )
     block = _early_block(i)
     if block is not None and block.reason != APP_INVALID:
@@ -207,15 +231,23 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
     engine = render_autoscaling.autoscaler_engine(pool)
     if not i.apply or app.spec.paused:
         polling = engine == "builtin" and not app.spec.paused
-        return dataclasses.replace(
-            base,
-            blocked=None
-            if i.apply
-            else kept_block(i.body.get("status"), i.body["metadata"].get("generation")),
-            untrack=not polling,  # a status-only pass leaves the polling as it is
-            autoscaler=_autoscaler(pool, engine, i.scaler, None),
-            scaling=None if app.spec.paused else _scaling(engine, i.scaler),
-            paused=app.spec.paused,
+        wp = _workers(i, pool, engine, None, status_only=True)
+        return _with_workers(
+            dataclasses.replace(
+                base,
+                blocked=None
+                if i.apply
+                else kept_block(i.body.get("status"), i.body["metadata"].get("generation")),
+                untrack=not polling,  # a status-only pass leaves the polling as it is
+                unmonitor=False,  # ... and the listening
+                autoscaler=_autoscaler(pool, engine, i.scaler, None),
+                scaling=None if app.spec.paused else _scaling(engine, i.scaler),
+                paused=app.spec.paused,
+            ),
+            i,
+            pool,
+            engine,
+            wp,
         )
     broker = _broker(i)
     if isinstance(broker, Blocker):
@@ -230,17 +262,135 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
         return dataclasses.replace(
             base, blocked=Blocker(INVALID_SPEC, format_problems(binding_errors))
         )
-    track = _target(i, pool, engine, broker)
-    replicas = _replicas(i, pool, engine)
+    monitor = _monitor(i, pool, app, engine, broker)
+    track = _target(i, pool, engine, broker, monitor)
+    wp = _workers(i, pool, engine, _replicas(i, pool, engine), status_only=False)
+    return _with_workers(
+        dataclasses.replace(
+            base,
+            children=_children(i, pool, app, engine, broker, wp.replicas),
+            hand_off_replicas=wp.replicas is None and i.deployment is not None,
+            track=track,
+            untrack=track is None,
+            monitor=monitor,
+            unmonitor=monitor is None,
+            replicas=wp.replicas,
+            autoscaler=_autoscaler(pool, engine, i.scaler, wp.replicas),
+            scaling=_scaling(engine, i.scaler),
+        ),
+        i,
+        pool,
+        engine,
+        wp,
+    )
+
+
+def _monitored(pool: CeleryWorkerPool, engine: str | None) -> bool:
+    """Whether the pool's workers are listened to: to protect busy ones, or to see the
+    whole load (the built-in engine)."""
+    return pool.spec.scale_down.protect_busy_workers or engine == "builtin"
+
+
+def _monitor(
+    i: PoolInputs,
+    pool: CeleryWorkerPool,
+    app: CeleryApp,
+    engine: str | None,
+    broker: BrokerURL | None,
+) -> MonitorTarget | None:
+    url = i.connections.get(BROKER, Connection()).url
+    if not _monitored(pool, engine) or broker is None or url is None:
+        return None
+    options = app.spec.broker.transport_options
+    frozen = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in options.items()))
+    url_id = hashlib.sha256(json.dumps([url, frozen]).encode()).hexdigest()[:24]
+    return MonitorTarget(
+        url=url,
+        url_id=url_id,
+        redacted=broker.redacted(),
+        transport_options=tuple(sorted(options.items())),
+        supported=broker.family in MONITORED_FAMILIES,
+    )
+
+
+def _current(i: PoolInputs) -> int | None:
+    replicas = ((i.deployment or {}).get("spec") or {}).get("replicas")
+    return None if replicas is None else int(replicas)
+
+
+def _workers(
+    i: PoolInputs,
+    pool: CeleryWorkerPool,
+    engine: str | None,
+    desired: int | None,
+    status_only: bool,
+) -> WorkerPlan:
+    """Deletion costs, and for a full pass the drain and the replicas to apply."""
+    if not _monitored(pool, engine):
+        return plan_workers(
+            i.pods,
+            None,
+            protect=False,
+            drain_timeout=0,
+            desired=desired,
+            current=_current(i),
+            ours=False,
+            now=i.epoch,
+            status_only=status_only,
+        )
+    sd = pool.spec.scale_down
+    return plan_workers(
+        i.pods,
+        i.heartbeats,
+        protect=sd.protect_busy_workers,
+        drain_timeout=sd.drain_timeout_seconds,
+        desired=desired,
+        current=_current(i),
+        ours=engine in (None, "builtin"),
+        now=i.epoch,
+        status_only=status_only,
+    )
+
+
+def _with_workers(
+    plan: PoolPlan, i: PoolInputs, pool: CeleryWorkerPool, engine: str | None, wp: WorkerPlan
+) -> PoolPlan:
+    """The plan with what it does to the workers, and what its status says of them."""
+    if not _monitored(pool, engine):
+        return dataclasses.replace(plan, worker_plan=wp)
+    hb = i.heartbeats
+    if hb is None:
+        load = Outcome(False, CONNECTING, "connecting to the broker to hear the workers")
+    elif not hb.supported:
+        load = Outcome(
+            False,
+            NOT_SUPPORTED,
+            "this broker carries no worker heartbeats: busy workers "
+            "are not protected on scale-down",
+        )
+    elif not hb.known and hb.error == "waiting":
+        load = Outcome(False, CONNECTING, "listening for the workers' heartbeats")
+    elif not hb.known:
+        load = Outcome(
+            False,
+            BROKER_UNREACHABLE,
+            f"cannot hear the workers' heartbeats ({hb.error}); "
+            "deletion costs and drains are left as they are",
+        )
+    else:
+        load = Outcome(True, HEARTBEATS_RECEIVED, "the workers' heartbeats arrive")
+    status = (
+        workers_status(i.pods, hb, i.epoch, len(wp.draining))
+        if hb is not None and hb.known
+        else None
+    )
     return dataclasses.replace(
-        base,
-        children=_children(i, pool, app, engine, broker, replicas),
-        hand_off_replicas=replicas is None and i.deployment is not None,
-        track=track,
-        untrack=track is None,
-        replicas=replicas,
-        autoscaler=_autoscaler(pool, engine, i.scaler, replicas),
-        scaling=_scaling(engine, i.scaler),
+        plan,
+        worker_plan=wp,
+        workers=status,
+        load=load,
+        draining=wp.message,
+        retry_after=wp.retry_after,
     )
 
 
@@ -286,18 +436,23 @@ def _replicas(i: PoolInputs, pool: CeleryWorkerPool, engine: str | None) -> int 
 
 
 def _target(
-    i: PoolInputs, pool: CeleryWorkerPool, engine: str | None, broker: BrokerURL | None
+    i: PoolInputs,
+    pool: CeleryWorkerPool,
+    engine: str | None,
+    broker: BrokerURL | None,
+    monitor: MonitorTarget | None,
 ) -> Target | None:
-    """What the built-in scaler polls for this pool (None: engine is not builtin)."""
+    """What the built-in scaler polls for this pool (None: engine is not builtin). It reads
+    the queues through the broker's monitor, which the plan asks for too."""
     a = pool.spec.autoscaling
-    if engine != "builtin" or broker is None or i.scaler is None or a is None:
+    if engine != "builtin" or broker is None or i.scaler is None or a is None or monitor is None:
         return None
     ql = a.queue_length
     assert ql is not None
     return Target(
         key=i.key,
         broker=broker,
-        url_id=i.connections[BROKER].url or "",
+        url_id=monitor.url_id,
         queues=tuple(pool.spec.queues),
         policy=Policy(
             a.min_replicas,
@@ -369,6 +524,7 @@ def _autoscaler(
     fields = {
         "desiredReplicas": scaler.replicas if scaler.replicas is not None else applied,
         "queueLength": scaler.queue_length,
+        "activeTasks": scaler.active_tasks,
         "lastScaleTime": scaler.last_scale_time,
     }
     return out | {k: v for k, v in fields.items() if v is not None}

@@ -11,6 +11,7 @@ says so (ScalingActive=False, BrokerUnreachable).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
 import heapq
 import logging
@@ -19,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from celery_operator.brokerurl import BrokerURL
 from celery_operator.scaling.decision import History, Policy, decide, total_waiting
-from celery_operator.scaling.probes import BrokerUnreachableError, Probe, probe_for
+from celery_operator.scaling.probes import BrokerUnreachableError, Probe
 
 log = logging.getLogger("celery_operator.scaler")
 
@@ -39,6 +40,12 @@ POLL_SECONDS = Histogram(
 )
 SCALES = Counter(
     "celery_operator_scaler_scale_events_total", "Replica changes decided", ["direction"]
+)
+
+WAITING = Gauge(
+    "celery_operator_pool_waiting_tasks",
+    "Tasks waiting in each queue of a pool with the built-in engine, at its last poll",
+    ["namespace", "pool", "queue"],
 )
 
 # A new queue length alone is written to the pool's status at most this often.
@@ -61,16 +68,27 @@ class State:
     replicas: int
     history: History
     queue_length: int | None = None
+    active_tasks: int | None = None
     last_scale_time: str | None = None
     error: str | None = None
     notified_at: float = 0.0
+    reported: tuple[int, int | None] | None = None  # (waiting, running) the pool last heard
     polling: bool = False
     generation: int = 0  # heap entries of an older generation are stale
+
+
+def _no_probe(target: Target) -> Probe:
+    raise BrokerUnreachableError("no broker probe configured")
 
 
 @dataclass
 class BuiltinScaler:
     on_change: Callable[[Key], None]
+    # The Probe of a target's broker (the operator: its broker monitors, by url_id).
+    probe_for: Callable[[Target], Probe] = _no_probe
+    # Tasks a pool's workers run (their heartbeats); None: not known, then the pool is
+    # never scaled in (busy workers are not seen).
+    active_of: Callable[[Key], int | None] = lambda key: 0
     workers: int = 4
     clock: Callable[[], float] = time.monotonic
     _states: dict[Key, State] = field(default_factory=dict)
@@ -108,7 +126,10 @@ class BuiltinScaler:
 
     def untrack(self, key: Key) -> None:
         with self._lock:
-            self._states.pop(key, None)
+            state = self._states.pop(key, None)
+        for queue in state.target.queues if state is not None else ():
+            with contextlib.suppress(KeyError):
+                WAITING.remove(*key, queue)
 
     def replicas(self, key: Key) -> int | None:
         with self._lock:
@@ -124,6 +145,7 @@ class BuiltinScaler:
             return {
                 "desiredReplicas": s.replicas,
                 "queueLength": s.queue_length,
+                "activeTasks": s.active_tasks,
                 "lastScaleTime": s.last_scale_time,
                 "error": s.error,
             }
@@ -184,9 +206,13 @@ class BuiltinScaler:
         started = time.perf_counter()
         error: str | None = None
         lengths: list[int] = []
+        active: int | None = None
         try:
             probe = self._probe(target)
             lengths = probe.queue_lengths(target.queues)
+            active = self.active_of(key)
+            for queue, n in zip(target.queues, lengths, strict=False):
+                WAITING.labels(*key, queue).set(n)
             POLLS.labels("ok").inc()
         except BrokerUnreachableError as e:
             error = str(e)
@@ -214,15 +240,20 @@ class BuiltinScaler:
                 state.error = error
             else:
                 waiting = total_waiting(lengths)
+                # The whole load: tasks waiting and tasks running. Waiting alone would
+                # scale in while every worker is busy and nothing queues behind them.
                 desired, state.history = decide(
-                    waiting, state.replicas, target.policy, state.history, now
+                    waiting + (active or 0), state.replicas, target.policy, state.history, now
                 )
+                if active is None and desired < state.replicas:
+                    desired = state.replicas  # who is busy is not known: never scale in
                 if desired != state.replicas:
                     SCALES.labels("up" if desired > state.replicas else "down").inc()
                     log.info(
-                        "pool %s/%s: %d waiting -> %d replicas (was %d)",
+                        "pool %s/%s: %d waiting, %s running -> %d replicas (was %d)",
                         *key,
                         waiting,
+                        "?" if active is None else active,
                         desired,
                         state.replicas,
                     )
@@ -237,11 +268,16 @@ class BuiltinScaler:
                 if state.error is not None:
                     state.error = None
                     notify = True
-                if waiting != state.queue_length and now - state.notified_at >= STATUS_EVERY:
+                # Compared with what the pool last heard, not with the last poll: a change
+                # within STATUS_EVERY of the previous report is reported once that passed.
+                moved = (waiting, active) != state.reported
+                if moved and now - state.notified_at >= STATUS_EVERY:
                     notify = True
                 state.queue_length = waiting
+                state.active_tasks = active
             if notify:
                 state.notified_at = now
+                state.reported = (state.queue_length or 0, state.active_tasks)
         if notify:
             self.on_change(key)
 
@@ -249,7 +285,7 @@ class BuiltinScaler:
         with self._lock:
             probe = self._probes.get(target.url_id)
         if probe is None:
-            probe = probe_for(target.broker)
+            probe = self.probe_for(target)
             with self._lock:
                 probe = self._probes.setdefault(target.url_id, probe)
         return probe
