@@ -230,25 +230,7 @@ def plan_pool(i: PoolInputs) -> PoolPlan:
 def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: PoolPlan) -> PoolPlan:
     engine = render_autoscaling.autoscaler_engine(pool)
     if not i.apply or app.spec.paused:
-        polling = engine == "builtin" and not app.spec.paused
-        wp = _workers(i, pool, engine, None, status_only=True)
-        return _with_workers(
-            dataclasses.replace(
-                base,
-                blocked=None
-                if i.apply
-                else kept_block(i.body.get("status"), i.body["metadata"].get("generation")),
-                untrack=not polling,  # a status-only pass leaves the polling as it is
-                unmonitor=False,  # ... and the listening
-                autoscaler=_autoscaler(pool, engine, i.scaler, None),
-                scaling=None if app.spec.paused else _scaling(engine, i.scaler),
-                paused=app.spec.paused,
-            ),
-            i,
-            pool,
-            engine,
-            wp,
-        )
+        return _plan_unchanged(i, pool, app, base, engine)
     broker = _broker(i)
     if isinstance(broker, Blocker):
         return dataclasses.replace(base, blocked=broker)
@@ -283,6 +265,24 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
         engine,
         wp,
     )
+
+
+def _plan_unchanged(
+    i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: PoolPlan, engine: str | None
+) -> PoolPlan:
+    """A status pass, or a paused app: no child changes; deletion costs still follow."""
+    polling = engine == "builtin" and not app.spec.paused
+    generation = i.body["metadata"].get("generation")
+    plan = dataclasses.replace(
+        base,
+        blocked=None if i.apply else kept_block(i.body.get("status"), generation),
+        untrack=not polling,  # a status-only pass leaves the polling as it is
+        unmonitor=False,  # ... and the listening
+        autoscaler=_autoscaler(pool, engine, i.scaler, None),
+        scaling=None if app.spec.paused else _scaling(engine, i.scaler),
+        paused=app.spec.paused,
+    )
+    return _with_workers(plan, i, pool, engine, _workers(i, pool, engine, None, status_only=True))
 
 
 def _monitored(pool: CeleryWorkerPool, engine: str | None) -> bool:

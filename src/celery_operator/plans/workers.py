@@ -18,6 +18,7 @@ went) is told to consume again.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,18 @@ def _annotations(
     return tuple(out)
 
 
+def _by_load(
+    live: Sequence[PodView], load: Mapping[str, Load], resume: Sequence[str] = ()
+) -> dict[str, Want]:
+    """Costs that follow the load; a draining pod keeps its marks unless it resumes."""
+    return {
+        p.name: (DRAINING_COST, p.draining_since)
+        if p.draining_since and p.name not in resume
+        else (_cost(load[p.name]), None)
+        for p in live
+    }
+
+
 def _cost(load: Load) -> str | None:
     return BUSY_COST if load in ("busy", "unknown") else None
 
@@ -136,28 +149,18 @@ def plan_workers(
         return _drain_unheard(drained, desired, current, ours, drain_timeout, now)
     load = loads(live, hb, now)
     if status_only:  # costs follow the load; drains are the full reconcile's
-        keep: dict[str, Want] = {
-            p.name: (DRAINING_COST, p.draining_since)
-            if p.draining_since
-            else (_cost(load[p.name]), None)
-            for p in live
-        }
-        return WorkerPlan(desired, _annotations(live, keep), loads=load)
-    settled = desired is None or current is None or not ours or desired >= current
-    if settled:
+        return WorkerPlan(desired, _annotations(live, _by_load(live, load)), loads=load)
+    if desired is None or current is None or not ours or desired >= current:
         # Not lowering: drained workers consume again once no pod is on its way out.
         target = current if desired is None else desired
         going = 0 if target is None else max(0, len(live) - target)
         resume = () if going else tuple(p.name for p in drained)
-        want: dict[str, Want] = {
-            p.name: (DRAINING_COST, p.draining_since)
-            if p.draining_since and p.name not in resume
-            else (_cost(load[p.name]), None)
-            for p in live
-        }
-        outcome = "abandoned" if resume else None
         return WorkerPlan(
-            desired, _annotations(live, want), resume=resume, outcome=outcome, loads=load
+            desired,
+            _annotations(live, _by_load(live, load, resume)),
+            resume=resume,
+            outcome="abandoned" if resume else None,
+            loads=load,
         )
     assert desired is not None
     return _lower(live, hb, load, desired, current or 0, drain_timeout, now)
@@ -173,15 +176,49 @@ def _lower(
     now: float,
 ) -> WorkerPlan:
     """The operator lowers the replicas: which pods go, and whether they drain first."""
+    victims = _ranked(live, hb, load)[: max(0, len(live) - desired)]
+    names = {v.name for v in victims}
+    busy = [v for v in victims if v.ready and load[v.name] in ("busy", "unknown")]
+    resume = tuple(p.name for p in live if p.draining_since and p.name not in names)
+    want: dict[str, Want] = {
+        p.name: (_cost(load[p.name]), None) for p in live if p.name not in names
+    }
+    if not busy or drain_timeout <= 0:
+        # Nothing busy goes (or no drain wanted): lower now; marks of earlier drains stay.
+        want |= {
+            v.name: (DRAINING_COST if v.draining_since else None, v.draining_since) for v in victims
+        }
+        done = any(v.draining_since for v in victims)
+        outcome = "completed" if done else None
+        return WorkerPlan(
+            desired, _annotations(live, want), resume=resume, outcome=outcome, loads=load
+        )
+    want |= {
+        v.name: (DRAINING_COST, v.draining_since) if v.draining_since else (None, None)
+        for v in victims
+        if v not in busy
+    }
+    want |= {v.name: (DRAINING_COST, v.draining_since or iso(now)) for v in busy}
+    return _drain(
+        WorkerPlan(current, _annotations(live, want), resume=resume, loads=load),
+        hb,
+        busy,
+        desired,
+        drain_timeout,
+        now,
+    )
+
+
+def _ranked(live: Sequence[PodView], hb: PoolHeartbeats, load: Mapping[str, Load]) -> list[PodView]:
+    """The order pods go in: unready first, then those already draining, then by load,
+    then the fewest running tasks (a worker that just finished its last task counts busy
+    for a moment, but goes before one in the middle of a task), then by name (stable)."""
 
     def running(pod: PodView) -> int:
         beat = hb.beat(pod.name)
         return beat.active if beat is not None and beat.fresh else 1 << 30
 
-    # Unready first, then those already draining, then by load, then the fewest running
-    # tasks (a worker that just finished its last task counts busy for a moment, but it
-    # goes before one in the middle of a task), then by name (stable between passes).
-    rank = sorted(
+    return sorted(
         live,
         key=lambda p: (
             p.ready,
@@ -191,60 +228,38 @@ def _lower(
             p.name,
         ),
     )
-    victims = rank[: max(0, len(live) - desired)]
-    names = {v.name for v in victims}
-    busy = [v for v in victims if v.ready and load[v.name] in ("busy", "unknown")]
-    resume = tuple(p.name for p in live if p.draining_since and p.name not in names)
-    want: dict[str, Want] = {
-        p.name: (_cost(load[p.name]), None) for p in live if p.name not in names
-    }
-    if not busy or drain_timeout <= 0:
-        want |= {
-            v.name: (DRAINING_COST if v.draining_since else None, v.draining_since) for v in victims
-        }
-        done = any(v.draining_since for v in victims)
-        return WorkerPlan(
-            desired,
-            _annotations(live, want),
-            resume=resume,
-            outcome="completed" if done else None,
-            loads=load,
-        )
-    want |= {
-        v.name: (DRAINING_COST, v.draining_since) if v.draining_since else (None, None)
-        for v in victims
-        if v not in busy
-    }
-    want |= {v.name: (DRAINING_COST, v.draining_since or iso(now)) for v in busy}
-    patches = _annotations(live, want)
+
+
+def _drain(
+    held: WorkerPlan,
+    hb: PoolHeartbeats,
+    busy: Sequence[PodView],
+    desired: int,
+    drain_timeout: float,
+    now: float,
+) -> WorkerPlan:
+    """Busy workers are going: lower once they finished or the drain timed out, else keep
+    the replicas (`held`), stop them consuming and look again."""
     draining = tuple(v.name for v in busy)
     # A drained worker runs no task: its consumer is cancelled, so none comes (no settling).
     pending = [v for v in busy if not (v.draining_since and _finished(hb, v.name))]
     stamps = [e for v in busy if v.draining_since and (e := epoch_of(v.draining_since))]
     started = min(stamps, default=now)
-    if not pending:
-        return WorkerPlan(
-            desired, patches, resume=resume, draining=draining, outcome="completed", loads=load
-        )
-    if now - started >= drain_timeout:
-        return WorkerPlan(
-            desired, patches, resume=resume, draining=draining, outcome="timed_out", loads=load
-        )
+    if not pending or now - started >= drain_timeout:
+        outcome = "completed" if not pending else "timed_out"
+        return dataclasses.replace(held, replicas=desired, draining=draining, outcome=outcome)
     left = int(drain_timeout - (now - started))
-    return WorkerPlan(
-        current,
-        patches,
+    return dataclasses.replace(
+        held,
         cancel=draining,
-        resume=resume,
         draining=draining,
         retry_after=DRAIN_RECHECK,
         outcome="started" if any(v.draining_since is None for v in busy) else None,
         message=(
             f"draining {len(busy)} busy worker(s) ({', '.join(draining)}) before going from "
-            f"{current} to {desired} replicas: they finish their tasks and take no new ones "
-            f"(at most {left}s more)"
+            f"{held.replicas} to {desired} replicas: they finish their tasks and take no new "
+            f"ones (at most {left}s more)"
         ),
-        loads=load,
     )
 
 
