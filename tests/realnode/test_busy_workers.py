@@ -154,6 +154,20 @@ def busy_on(shop: Shop, ledger: Ledger, pool: str, n: int, seconds: float = LONG
     return pods
 
 
+def builtin_engine(target: int, cooldown: int, most: int = 3) -> dict[str, Any]:
+    """autoscaling with the built-in engine, polling every second."""
+    return {
+        "minReplicas": 1,
+        "maxReplicas": most,
+        "queueLength": {
+            "targetPerReplica": target,
+            "engine": "builtin",
+            "pollingIntervalSeconds": 1,
+            "cooldownSeconds": cooldown,
+        },
+    }
+
+
 def scale(shop: Shop, pool: str, n: int) -> None:
     shop.cluster.kubectl("scale", "cwp", pool, "-n", shop.namespace, f"--replicas={n}")
 
@@ -199,16 +213,7 @@ def test_an_hpa_scale_down_removes_the_idle_workers(
 def test_the_builtin_scaler_removes_the_idle_workers_once_the_queue_drains(
     cluster: Cluster, shop: Shop, pool: str
 ) -> None:
-    builtin = {
-        "minReplicas": 1,
-        "maxReplicas": 3,
-        "queueLength": {
-            "targetPerReplica": 1,
-            "engine": "builtin",
-            "pollingIntervalSeconds": 1,
-            "cooldownSeconds": 5,
-        },
-    }
+    builtin = builtin_engine(target=1, cooldown=5)
     start(shop, pool, 1, autoscaling=builtin)
     ledger = shop.ledger()
     for i in range(3):
@@ -288,16 +293,7 @@ def test_a_drain_ends_at_its_timeout_and_the_shutdown_takes_over(
 def test_six_running_tasks_and_none_waiting_do_not_scale_in(
     cluster: Cluster, shop: Shop, pool: str
 ) -> None:
-    builtin = {
-        "minReplicas": 1,
-        "maxReplicas": 3,
-        "queueLength": {
-            "targetPerReplica": 2,
-            "engine": "builtin",
-            "pollingIntervalSeconds": 1,
-            "cooldownSeconds": 3,
-        },
-    }
+    builtin = builtin_engine(target=2, cooldown=3)
     start(shop, pool, 3, autoscaling={**builtin, "minReplicas": 3}, concurrency=2)
     ledger = shop.ledger()
     start_long_tasks(shop, ledger, pool, 6, LONG)

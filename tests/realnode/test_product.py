@@ -385,4 +385,4 @@ def test_a_hung_worker_is_restarted(cluster: Cluster, shop: Shop, real_node: Rea
     events = cluster.kubectl(
         "get", "events", "-n", shop.namespace, "--field-selector", f"involvedObject.name={pod}"
     )
-    assert "did not answer a ping" in events
+    assert "did not answer a ping" in events, events

@@ -163,6 +163,26 @@ def _pool_checks(
     return check
 
 
+def rollouts(kind: str, inputs: Callable[[], Any], replicas: int) -> list[Case]:
+    """A Deployment part-way through its rollout, and one past its progress deadline."""
+    return [
+        Case(
+            "progressing",
+            kind,
+            inputs,
+            {"Ready": ("False", "Progressing"), "Reconciling": ("True", "RollingOut")},
+            deployment=deployment(replicas, ready=replicas - 1, updated=replicas - 1),
+        ),
+        Case(
+            "rollout-failed",
+            kind,
+            inputs,
+            {"Ready": ("False", "RolloutFailed"), "Reconciling": ("False", "RolloutFailed")},
+            deployment=deployment(replicas, ready=replicas - 1, failed=True),
+        ),
+    ]
+
+
 READY_AVAILABLE = {"Accepted": ("True", "Bound"), "Ready": ("True", "Available")}
 HPA = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "cpu": {"averageUtilization": 70}}}
 KEDA = {
@@ -307,20 +327,7 @@ POOL_CASES = [
         deployment=deployment(0),
         check=_pool_checks(replicas=0),
     ),
-    Case(
-        "progressing",
-        "CeleryWorkerPool",
-        lambda: pool_inputs(),
-        {"Ready": ("False", "Progressing"), "Reconciling": ("True", "RollingOut")},
-        deployment=deployment(2, ready=1, updated=1),
-    ),
-    Case(
-        "rollout-failed",
-        "CeleryWorkerPool",
-        lambda: pool_inputs(),
-        {"Ready": ("False", "RolloutFailed"), "Reconciling": ("False", "RolloutFailed")},
-        deployment=deployment(2, ready=1, failed=True),
-    ),
+    *rollouts("CeleryWorkerPool", lambda: pool_inputs(), replicas=2),
     Case(
         "pod-cannot-run",
         "CeleryWorkerPool",
@@ -582,20 +589,7 @@ FLOWER_CASES = [
         {"Ready": ("True", "Available"), "Reconciling": ("False", "Complete")},
         deployment=deployment(1),
     ),
-    Case(
-        "progressing",
-        "Flower",
-        lambda: flower_inputs(),
-        {"Ready": ("False", "Progressing"), "Reconciling": ("True", "RollingOut")},
-        deployment=deployment(1, ready=0, updated=0),
-    ),
-    Case(
-        "rollout-failed",
-        "Flower",
-        lambda: flower_inputs(),
-        {"Ready": ("False", "RolloutFailed"), "Reconciling": ("False", "RolloutFailed")},
-        deployment=deployment(1, ready=0, failed=True),
-    ),
+    *rollouts("Flower", lambda: flower_inputs(), replicas=1),
     Case(
         "paused",
         "Flower",
