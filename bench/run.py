@@ -173,7 +173,13 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"| baseline | {bl['pod_writes_per_min']:.0f} | - | {bl['status_writes_per_min']:.0f} | "
             f"{bl['cpu_cores']:.3f} cores | {bl['broker_connections']} |",
             "",
-            f"**{r['writes_per_crossing']:.2f} pod writes per crossing; CPU {r['cpu_ratio']:.2f}x the baseline.**",
+            f"**{r['writes_per_crossing']:.2f} pod writes per crossing** (one write per idle <-> busy",
+            "change, batched per pool and second). The status writes follow `status.workers` (the",
+            f"busy count). The operator's CPU for listening to {r['workers']} workers: "
+            f"{pr['cpu_cores']:.3f} cores ({bl['cpu_cores']:.3f} without).",
+            "Broker connections: Redis clients while the operator runs, minus those before it",
+            "started and one for the simulator (one kombu connection keeps a command and a pub/sub",
+            "socket).",
             "",
             f"Reproduce: `{r['command']}`",
             "",
