@@ -369,8 +369,16 @@ def test_broker_outage_restarts_nothing(cluster: Cluster, shop: Shop) -> None:
 
 def test_a_hung_worker_is_restarted(cluster: Cluster, shop: Shop, real_node: RealNode) -> None:
     shop.wait_pool("default")
-    target = shop.pods("default")[0]
+    # A pod of its own: the kubelet's event recorder drops events of an object that sent
+    # many (its spam filter: 25, then one per 5 minutes), and a pod that has lived through
+    # the session has spent them on MissingClusterDNS warnings (the real node has no
+    # cluster DNS), so its Unhealthy event would never be seen.
+    old = shop.pods("default")[0]["metadata"]["name"]
+    cluster.kubectl("delete", "pod", old, "-n", shop.namespace, "--wait=true", timeout=120)
+    shop.wait_pool("default")
+    target = max(shop.pods("default"), key=lambda p: p["metadata"]["creationTimestamp"])
     pod = target["metadata"]["name"]
+    assert pod != old
     # The worker's main process stops answering, as a hang would: SIGSTOP from the node
     # (the container's own PID 1 ignores signals sent from inside its PID namespace).
     os.kill(
