@@ -213,7 +213,6 @@ FLOWER = Kind(
 KINDS: tuple[Kind, ...] = (APP, POOL, FLOWER)
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
 BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS}
-BY_TASK: dict[str, Kind] = {k.task: k for k in KINDS}
 BY_POD_COMPONENT: dict[str, Kind] = {k.pod_component: k for k in KINDS}
 
 
@@ -229,15 +228,3 @@ def watched_children() -> tuple[ChildKind, ...]:
 def resources() -> tuple[Resource, ...]:
     """Every resource of the table: the kinds, their children, what is only read."""
     return (*(k.resource for k in KINDS), *(c.resource for c in child_kinds()), NAMESPACE, POD)
-
-
-def app_key(body: Mapping[str, Any]) -> Key:
-    """The app a pool or Flower body names."""
-    kind = BY_NAME[str(body.get("kind"))]
-    assert kind.app_of is not None, f"{kind.name} names no app"
-    return kind.app_of(body)
-
-
-def key_of(body: Mapping[str, Any]) -> Key:
-    meta = body["metadata"]
-    return (meta.get("namespace", ""), meta["name"])
