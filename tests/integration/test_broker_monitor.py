@@ -362,7 +362,9 @@ def test_heartbeats_arrive_and_the_pool_is_told_when_a_worker_goes_busy(
     told = watcher.told(key, worker.pod)
     assert told.count("busy") == 1, told
     assert collapse(told) == ["idle", "busy"], told
-    assert watcher.told(key, worker.pod, since=sent_at) == ["busy"]
+    # Before the worker's first heartbeat with the task, the monitor may tell the pool
+    # again that it is idle (its re-tell after connecting, a reconnect): still true then.
+    assert collapse(watcher.told(key, worker.pod, since=sent_at)) in (["busy"], ["idle", "busy"])
 
 
 def test_a_warm_stop_removes_the_worker(broker: Broker, watcher: Watcher, workers: Workers) -> None:

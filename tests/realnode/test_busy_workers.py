@@ -131,8 +131,16 @@ def pin_long_task(shop: Shop, ledger: Ledger, pool: str, pod: str, seconds: floa
     """A long task on that pod's worker only: it alone consumes a queue of its own."""
     queue = f"{pool}-only"
     node = f"{pool}.{shop.namespace}@{pod}"
-    replies = shop.producer.control.add_consumer(queue, destination=[node], reply=True, timeout=10)
-    assert replies, "the worker did not answer add_consumer"
+
+    # A worker pod is Ready as soon as its container runs (workers have no readiness
+    # probe), and the operator hears its worker-online before the worker listens for
+    # remote control: a broadcast sent in between reaches no one. add_consumer is
+    # idempotent ("already consuming"): ask until the worker answers.
+    def answered() -> list[dict[str, Any]] | None:
+        control = shop.producer.control
+        return control.add_consumer(queue, destination=[node], reply=True, timeout=2) or None
+
+    replies = wait_for(f"{node} to answer add_consumer", answered, timeout=60)
     assert node in replies[0], replies
     task = shop.send(ledger, "shop.long", [seconds, "pinned"], queue)
     wait_for("the pinned task running", lambda: bool(ledger.hosts_of(task)), timeout=30)
