@@ -200,6 +200,57 @@ def test_deleted_or_edited_child_is_restored(
     )
 
 
+def test_hand_edits_of_children_without_a_moving_generation_are_reverted(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """Services (and HPAs, before a feature gate) never bump metadata.generation: drift is
+    found by content, from the watch event, well before the operator's 60 s resync."""
+    flower = deep_merge(FLOWER, {"metadata": {"name": "shop", "namespace": namespace}})
+    flower["spec"].pop("basicAuth", None)
+    cpu = {"maxReplicas": 3, "cpu": {"averageUtilization": 80}}
+    cluster.apply([secret(namespace), app(namespace), pool(namespace, autoscaling=cpu), flower])
+    wait_ready(cluster, "flower", "shop", namespace)
+    wait_for("the HPA", lambda: cluster.exists("hpa", "shop-default", namespace))
+    svc = cluster.get("service", "shop-flower", namespace)
+    port = svc["spec"]["ports"][0]["port"]
+    generation = svc["metadata"].get("generation")
+
+    cluster.kubectl(
+        "patch",
+        "service",
+        "shop-flower",
+        "-n",
+        namespace,
+        "--type=json",
+        "-p",
+        '[{"op":"replace","path":"/spec/ports/0/port","value":8081}]',
+    )
+    edited = cluster.get("service", "shop-flower", namespace)
+    assert edited["metadata"].get("generation") == generation  # nothing to detect it by
+    wait_for(
+        "the hand-edited Service port to be restored",
+        lambda: (
+            cluster.get("service", "shop-flower", namespace)["spec"]["ports"][0]["port"] == port
+        ),
+        timeout=30,
+    )
+    cluster.kubectl(
+        "patch",
+        "hpa",
+        "shop-default",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec":{"maxReplicas":50}}',
+    )
+    wait_for(
+        "the hand-edited HPA maxReplicas to be restored",
+        lambda: cluster.get("hpa", "shop-default", namespace)["spec"]["maxReplicas"] == 3,
+        timeout=30,
+    )
+
+
 def test_a_name_taken_by_a_hand_made_object_is_never_taken_over(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:

@@ -178,3 +178,59 @@ def test_cached_bodies_share_their_keys_and_short_strings() -> None:
     assert x["kind"] is y["kind"]
     assert x == a  # equal, only shared
     assert y == b
+
+
+# ---- drift by content ---------------------------------------------------------------------
+def service(port: int, uid: str = "s1", rv: str = "5", **extra_meta: Any) -> dict[str, Any]:
+    """A Flower Service: Services have no generation that moves when their spec changes."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "namespace": "a",
+            "name": "shop-flower",
+            "uid": uid,
+            "resourceVersion": rv,
+            "ownerReferences": [{"controller": True, "uid": "owner", "kind": "Flower"}],
+            "labels": {"app.kubernetes.io/name": "flower"},
+            **extra_meta,
+        },
+        "spec": {"ports": [{"name": "http", "port": port, "targetPort": 5555}]},
+    }
+
+
+def test_a_hand_edit_of_a_service_is_drift_though_its_generation_never_moves() -> None:
+    c = Cache()
+    desired = service(5555)
+    live = copy.deepcopy(desired)
+    live["spec"]["ports"][0]["protocol"] = "TCP"  # defaulted by the server: not drift
+    live["spec"]["clusterIP"] = "10.0.0.7"
+    c.note_applied(live, desired)
+    assert c.put_child(live, deleted=False) == ("owner", False)
+    assert c.holds_applied(live)
+    edited = copy.deepcopy(live)
+    edited["spec"]["ports"][0]["port"] = 8080
+    edited["metadata"]["resourceVersion"] = "6"
+    assert c.put_child(edited, deleted=False) == ("owner", True)
+    assert not c.holds_applied(edited)
+
+
+def test_a_generation_moved_by_someone_else_is_drift_and_a_child_never_applied_is_not() -> None:
+    c = Cache()
+    body = child("7")
+    body["metadata"]["generation"] = 3
+    assert c.put_child(body, deleted=False) == ("owner", False)  # never applied: no opinion
+    assert not c.holds_applied(body)  # ... and the next reconcile applies it
+    c.note_applied(body, {"metadata": {"name": "w"}, "spec": {"template": {"x": 1}}})
+    assert c.holds_applied(body)
+    later = copy.deepcopy(body)
+    later["metadata"]["generation"] = 4  # the pod template, which the cache does not keep
+    assert c.put_child(later, deleted=False) == ("owner", True)
+
+
+def test_a_deleted_child_forgets_what_was_applied() -> None:
+    c = Cache()
+    live = service(5555)
+    c.note_applied(live, live)
+    c.put_child(live, deleted=True)
+    assert c.applied == {}

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery_operator.api.conditions import Blocker
 from celery_operator.api.kinds import KINDS, NAMESPACE, Key
-from celery_operator.k8s.objects import compare_resource_versions, controller_uid, slim
+from celery_operator.k8s.objects import compare_resource_versions, contains, controller_uid, slim
 from celery_operator.plans.workers import PodView
 
 MAX_TOMBSTONES = 10_000
@@ -25,6 +26,22 @@ PodOwner = tuple[str, str, str]  # (namespace, pod component, owner name)
 def ident(obj: Mapping[str, Any]) -> Ident:
     meta = obj["metadata"]
     return (f"{obj['apiVersion']}/{obj['kind']}", meta.get("namespace", ""), meta["name"])
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A child as the operator last applied it: its generation after the apply, and the
+    manifest (trimmed like the cache's copy) whose fields the live object must still hold."""
+
+    generation: int
+    desired: Mapping[str, Any]
+
+    def holds(self, live: Mapping[str, Any]) -> bool:
+        """Nobody changed what the operator applied: the generation (the pod template,
+        which the cache does not keep) and the content (Services and HPAs have no
+        generation that moves)."""
+        gen = int((live.get("metadata") or {}).get("generation", 0))
+        return gen <= self.generation and contains(live, self.desired)
 
 
 class Cache:
@@ -41,8 +58,8 @@ class Cache:
         self.by_app: dict[str, dict[Key, set[Key]]] = {kind: {} for kind in self._app_of}
         # Children by the uid of their controller, then by ident.
         self.children: dict[str, dict[Ident, dict[str, Any]]] = {}
-        # Generation each child had after the operator's own last apply (drift detection).
-        self.applied_generation: dict[str, int] = {}
+        # Each child as the operator last applied it, by uid (drift detection).
+        self.applied: dict[str, Applied] = {}
         # Uids of children seen deleted (the newest MAX_TOMBSTONES), see put_child.
         self._gone: dict[str, None] = {}
         # Pods that cannot run: pod name -> problem. A healthy pod costs nothing here.
@@ -170,7 +187,7 @@ class Cache:
                 owned.pop(key, None)
                 if not owned:
                     self.children.pop(owner, None)
-                self.applied_generation.pop(uid, None)
+                self.applied.pop(uid, None)
                 self._gone[uid] = None
                 while len(self._gone) > MAX_TOMBSTONES:
                     del self._gone[next(iter(self._gone))]
@@ -191,13 +208,20 @@ class Cache:
                 if not owned:
                     self.children.pop(owner, None)
                 return owner, False
-            owned[key] = slim(body, child=True)
-            gen = int(meta.get("generation", 0))
-            ours = self.applied_generation.get(uid)
-            drifted = ours is not None and gen > ours
-            return owner, drifted
+            kept = owned[key] = slim(body, child=True)
+            ours = self.applied.get(uid)
+            return owner, ours is not None and not ours.holds(kept)
 
-    def note_applied(self, live: Mapping[str, Any]) -> None:
+    def note_applied(self, live: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+        """The operator applied `desired`; `live` is the server's answer."""
         meta = live.get("metadata") or {}
+        applied = Applied(int(meta.get("generation", 0)), slim(desired, child=True))
         with self.lock:
-            self.applied_generation[meta.get("uid", "")] = int(meta.get("generation", 0))
+            self.applied[meta.get("uid", "")] = applied
+
+    def holds_applied(self, child: Mapping[str, Any]) -> bool:
+        """The cached child is as the operator last applied it (False: never applied by
+        this process, or changed since)."""
+        with self.lock:
+            ours = self.applied.get((child.get("metadata") or {}).get("uid", ""))
+        return ours is not None and ours.holds(child)

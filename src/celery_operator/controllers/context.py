@@ -18,6 +18,7 @@ from celery_operator.controllers.cache import Cache, Ident, ident
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, apply_owned
+from celery_operator.k8s.objects import contains, projection
 from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
 from celery_operator.status import now_iso, status_changed
@@ -86,7 +87,8 @@ class Context:
         self, owner_uid: str, desired: Iterable[Mapping[str, Any]]
     ) -> dict[Ident, dict[str, Any]]:
         """Applies every desired child and deletes the owner's children that are no longer
-        desired. A child whose hash and generation show it is as last applied is skipped.
+        desired. A child that still holds what was last applied (its hash, its generation,
+        its content) is skipped.
         Raises ChildConflictError for a name taken by another owner's object."""
         owned = self.cache.owned(owner_uid)
         live: dict[Ident, dict[str, Any]] = {}
@@ -102,7 +104,13 @@ class Context:
                 live[key] = cached
                 continue
             result = apply_owned(m, live=cached)
-            self.cache.note_applied(result)
+            if contains(result, m):
+                self.cache.note_applied(result, m)
+            else:
+                # The server keeps a field in a form of its own even after the repair:
+                # drift is judged against that form, or every event would look like drift.
+                log.warning("%s %s/%s is stored unlike its manifest", key[0], key[1], key[2])
+                self.cache.note_applied(result, projection(result, m))
             # Not every kind is watched (Secrets are not: no cluster-wide list/watch on
             # Secrets), so the cache learns what was applied from the answer, unless the
             # watch already brought something newer (then that is what the status reads).
@@ -122,8 +130,7 @@ class Context:
         meta = cached.get("metadata") or {}
         if (meta.get("annotations") or {}).get(HASH_ANNOTATION) != digest:
             return False
-        ours = self.cache.applied_generation.get(meta.get("uid", ""))
-        return ours is not None and int(meta.get("generation", 0)) == ours
+        return self.cache.holds_applied(cached)
 
     def delete_children(self, owner_uid: str) -> int:
         n = 0

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery_operator.api.labels import FIELD_MANAGER
 from celery_operator.k8s import client
-from celery_operator.k8s.objects import controller_uid
+from celery_operator.k8s.objects import contains, controller_uid, repair_patch
 
 
 class ChildConflictError(Exception):
@@ -17,7 +17,10 @@ class ChildConflictError(Exception):
 def apply_owned(
     manifest: Mapping[str, Any], live: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Server-side applies a child whose ownerReference names its controller.
+    """Server-side applies a child whose ownerReference names its controller. If the
+    result does not hold the manifest, or the apply is invalid, because another field
+    manager owns what stands in the way (a list item changed by hand: apply keeps what it
+    does not own), a merge patch at the object's resourceVersion puts it back first.
 
     When an object of that name exists and is controlled by someone else (or by nobody,
     e.g. made by hand), nothing is written and ChildConflictError says why: the operator never
@@ -36,7 +39,31 @@ def apply_owned(
             f"{manifest['kind']} {meta.get('namespace')}/{meta['name']} already exists and is "
             f"controlled by {who}; rename or delete it"
         )
-    return client.apply_object(manifest)
+    try:
+        answer: dict[str, Any] | None = client.apply_object(manifest)
+    except client.ApiError as e:
+        # Someone else's fields can make the apply itself invalid (a Service port
+        # renumbered by hand keeps its name: ours would be a duplicate): repair first.
+        if e.status != 422 or live is None:
+            raise
+        answer = None
+    if answer is not None and contains(answer, manifest):
+        return answer
+    current = answer or client.get_object(
+        manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
+    )
+    if current is None:
+        return client.apply_object(manifest)
+    client.patch_object(
+        manifest["apiVersion"],
+        manifest["kind"],
+        meta["name"],
+        meta.get("namespace"),
+        repair_patch(current, manifest),
+        field_manager=FIELD_MANAGER,
+        resource_version=current["metadata"]["resourceVersion"],
+    )
+    return client.apply_object(manifest)  # our field manager owns the repaired fields again
 
 
 def delete_owned(api_version: str, kind: str, name: str, namespace: str, owner_uid: str) -> bool:

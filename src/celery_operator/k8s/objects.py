@@ -1,11 +1,15 @@
-"""Kubernetes object helpers (pure): controller references, resourceVersion order, and
-the trimmed copy of a body that the operator's cache keeps."""
+"""Kubernetes object helpers (pure): controller references, resourceVersion order, the
+trimmed copy of a body that the operator's cache keeps, and whether a live object still
+holds what the operator applied."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
+
+from kubernetes.utils import parse_quantity
 
 from celery_operator.api.labels import FIELD_MANAGER
 
@@ -76,3 +80,66 @@ def compact(value: Any) -> Any:
     if isinstance(value, str) and len(value) <= 64:
         return sys.intern(value)
     return value
+
+
+def contains(live: Any, desired: Any) -> bool:
+    """Whether `live` still holds every field `desired` sets, with its value: the child as
+    the operator applied it, whatever the server defaulted or others added beside it.
+
+    Drift by content, not by `metadata.generation`, which Services, ConfigMaps and (before
+    a feature gate) HPAs never bump. Maps may hold more keys; lists must have the same
+    items in the same order (the operator applies its lists whole: an item added by hand
+    to an atomic list is drift); a map or list desired empty may be absent; quantities
+    compare by value ("0.5" is "500m", as the apiserver rewrites them)."""
+    if isinstance(desired, Mapping):
+        if live is None:
+            return all(contains(None, v) for v in desired.values())
+        return isinstance(live, Mapping) and all(
+            contains(live.get(k), v) for k, v in desired.items()
+        )
+    if isinstance(desired, list):
+        if live is None:
+            return not desired
+        return (
+            isinstance(live, list)
+            and len(live) == len(desired)
+            and all(contains(a, b) for a, b in zip(live, desired, strict=True))
+        )
+    if desired is None:
+        return live is None
+    if live == desired and type(live) is type(desired):
+        return True
+    return isinstance(live, str) and isinstance(desired, str) and _same_quantity(live, desired)
+
+
+def _same_quantity(a: str, b: str) -> bool:
+    try:
+        qa, qb = parse_quantity(a), parse_quantity(b)  # type: ignore[no-untyped-call]
+    except (ValueError, ArithmeticError):
+        return False
+    return isinstance(qa, Decimal) and qa == qb
+
+
+def repair_patch(live: Any, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7396) that puts back what `live` no longer holds of
+    `desired`: the differing maps recursed into, every differing list or value whole.
+    Server-side apply alone cannot: it keeps what another field manager owns (a port
+    added or renumbered by `kubectl edit` is a new list entry, not ours). Empty: nothing
+    to repair."""
+    out: dict[str, Any] = {}
+    for key, want in desired.items():
+        have = live.get(key) if isinstance(live, Mapping) else None
+        if contains(have, want):
+            continue
+        if isinstance(want, Mapping) and isinstance(have, Mapping):
+            out[key] = repair_patch(have, want)
+        else:
+            out[key] = want
+    return out
+
+
+def projection(live: Any, desired: Any) -> Any:
+    """`live` cut down to the fields `desired` sets: the server's own form of them."""
+    if isinstance(desired, Mapping) and isinstance(live, Mapping):
+        return {k: projection(live[k], v) for k, v in desired.items() if k in live}
+    return live
