@@ -8,6 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from celery_operator.webhooks.app import create_app
+from celery_operator.webhooks.lookup import app_ref_of
+from celery_operator.webhooks.review import set_labels
 from tests.support.admission import FixedLookup, decoded_patch, review
 from tests.support.objects import deep_merge, example
 
@@ -62,14 +64,69 @@ def test_mutating_defaults_app_namespace_labels_and_queues() -> None:
     assert {"op": "replace", "path": "/spec/queues", "value": ["celery", "emails"]} in ops
 
 
-def test_mutation_never_overrides_what_the_user_set() -> None:
+def test_app_labels_follow_the_spec_and_other_labels_are_left_alone() -> None:
+    # The app labels are derived from spec.appRef: a value set by hand (or left from an
+    # earlier appRef) is corrected; the user's own labels are not touched.
     pool = deep_merge(
         TEAM_POOL, {"metadata": {"labels": {"celeryproject.org/app": "mine", "team": "a"}}}
     )
     ops = decoded_patch({"response": verdict("/mutate/celeryworkerpools", pool)})
     assert ops == [
-        {"op": "add", "path": "/metadata/labels/celeryproject.org~1app-namespace", "value": "shop"}
+        {"op": "replace", "path": "/metadata/labels/celeryproject.org~1app", "value": "shop"},
+        {"op": "add", "path": "/metadata/labels/celeryproject.org~1app-namespace", "value": "shop"},
     ]
+
+
+def test_app_labels_follow_an_app_ref_changed_on_update() -> None:
+    labelled = deep_merge(
+        POOL,
+        {
+            "spec": {"appRef": {"namespace": "shop"}},
+            "metadata": {
+                "labels": {
+                    "celeryproject.org/app": "shop",
+                    "celeryproject.org/app-namespace": "shop",
+                }
+            },
+        },
+    )
+    moved = deep_merge(labelled, {"spec": {"appRef": {"name": "billing"}}})
+    resp = verdict("/mutate/celeryworkerpools", moved, operation="UPDATE", old=labelled)
+    assert decoded_patch({"response": resp}) == [
+        {"op": "replace", "path": "/metadata/labels/celeryproject.org~1app", "value": "billing"}
+    ]
+    flower = deep_merge(FLOWER, {"metadata": {"labels": {"celeryproject.org/app": "shop"}}})
+    moved_flower = deep_merge(flower, {"spec": {"appRef": {"name": "billing"}}})
+    resp = verdict("/mutate/flowers", moved_flower, operation="UPDATE", old=flower)
+    assert decoded_patch({"response": resp}) == [
+        {"op": "replace", "path": "/metadata/labels/celeryproject.org~1app", "value": "billing"},
+        {"op": "add", "path": "/metadata/labels/celeryproject.org~1app-namespace", "value": "shop"},
+    ]
+
+
+def test_set_labels() -> None:
+    want = {"a": "1", "b": "2"}
+    assert set_labels({"metadata": {}}, want) == [
+        {"op": "add", "path": "/metadata/labels", "value": want}
+    ]
+    assert set_labels({"metadata": {"labels": {"a": "1", "b": "2", "c": "3"}}}, want) == []
+    assert set_labels({"metadata": {"labels": {"a": "0", "c": "3"}}}, want) == [
+        {"op": "replace", "path": "/metadata/labels/a", "value": "1"},
+        {"op": "add", "path": "/metadata/labels/b", "value": "2"},
+    ]
+    assert set_labels({"metadata": {}}, {}) == []
+
+
+def test_siblings_are_found_by_spec_app_ref() -> None:
+    # Labels may be missing or stale (written while the mutating webhook was down); the
+    # sibling lookup reads the spec. The namespace defaults to the pool's own.
+    assert app_ref_of(POOL) == ("shop", "shop")
+    assert app_ref_of(TEAM_POOL) == ("shop", "shop")
+    assert app_ref_of({"spec": {"appRef": {"name": "b"}}, "metadata": {"namespace": "t"}}) == (
+        "t",
+        "b",
+    )
+    assert app_ref_of({"spec": None, "metadata": []}) == ("", "")
 
 
 def test_mutation_is_idempotent() -> None:

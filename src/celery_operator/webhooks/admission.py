@@ -25,13 +25,20 @@ from celery_operator.webhooks.lookup import Lookup
 from celery_operator.webhooks.review import (
     Request,
     Verdict,
-    add_labels,
     only_metadata_changed,
     pointer,
+    set_labels,
 )
 
 
 # ---- mutation -------------------------------------------------------------------------
+def app_labels(app_name: str, app_namespace: str) -> dict[str, str]:
+    """The labels naming the app a pool or Flower belongs to. They follow spec.appRef on
+    every CREATE and UPDATE (a value set by hand is corrected): they are how users and the
+    webhook's sibling lookup find an app's pools, and a stale one would mislead both."""
+    return {LABEL_APP: label_value(app_name), LABEL_APP_NAMESPACE: label_value(app_namespace)}
+
+
 def mutate_pool(req: Request) -> Verdict:
     obj = req.obj or {}
     spec = obj.get("spec") or {}
@@ -41,10 +48,7 @@ def mutate_pool(req: Request) -> Verdict:
         app_ns = ref.get("namespace") or req.namespace
         if not ref.get("namespace") and req.namespace:
             patch.append({"op": "add", "path": "/spec/appRef/namespace", "value": req.namespace})
-        patch += add_labels(
-            obj,
-            {LABEL_APP: label_value(str(ref["name"])), LABEL_APP_NAMESPACE: label_value(app_ns)},
-        )
+        patch += set_labels(obj, app_labels(str(ref["name"]), app_ns))
     queues = spec.get("queues")
     if isinstance(queues, list) and all(isinstance(q, str) for q in queues):
         normal = list(dict.fromkeys(q.strip() for q in queues if q.strip()))
@@ -58,15 +62,7 @@ def mutate_flower(req: Request) -> Verdict:
     ref = (obj.get("spec") or {}).get("appRef")
     if not isinstance(ref, dict) or not ref.get("name"):
         return Verdict()
-    return Verdict(
-        patch=add_labels(
-            obj,
-            {
-                LABEL_APP: label_value(str(ref["name"])),
-                LABEL_APP_NAMESPACE: label_value(req.namespace),
-            },
-        )
-    )
+    return Verdict(patch=set_labels(obj, app_labels(str(ref["name"]), req.namespace)))
 
 
 def mutate_app(req: Request) -> Verdict:

@@ -6,6 +6,7 @@ path is tested end to end with kubectl)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
@@ -13,6 +14,17 @@ from celery_operator.api.kinds import APP, FLOWER, NAMESPACE, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.k8s import client
 from celery_operator.k8s.watchcache import WatchCache
+
+
+def app_ref_of(pool: Mapping[str, Any]) -> tuple[str, str]:
+    """(namespace, name) of the app a pool names; the namespace defaults to the pool's."""
+
+    def part(m: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+        value = m.get(key)
+        return value if isinstance(value, Mapping) else {}
+
+    ref, meta = part(part(pool, "spec"), "appRef"), part(pool, "metadata")
+    return (str(ref.get("namespace") or meta.get("namespace") or ""), str(ref.get("name") or ""))
 
 
 class Lookup(Protocol):
@@ -58,19 +70,16 @@ class ApiLookup:
         return client.get_secret_value(namespace, name, key)
 
     def pools_of_app(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        app_label, ns_label = label_value(name), label_value(namespace)
+        """The pools whose spec.appRef names the app. The cache is filtered on the spec
+        itself, so a pool whose labels are missing or stale (written while the mutating
+        webhook, failurePolicy Ignore, was down) still counts; the API fallback narrows
+        by label on the server and then checks the spec."""
+        key = (namespace, name)
         if (c := self._ready(self._pools)) is not None:
-
-            def of_app(p: dict[str, Any]) -> bool:
-                labels = (p.get("metadata") or {}).get("labels") or {}
-                return bool(
-                    labels.get(LABEL_APP) == app_label
-                    and labels.get(LABEL_APP_NAMESPACE) == ns_label
-                )
-
-            return c.list(of_app)
-        selector = f"{LABEL_APP}={app_label},{LABEL_APP_NAMESPACE}={ns_label}"
-        return client.list_objects(API_VERSION, POOL.name, None, selector)
+            return c.list(lambda p: app_ref_of(p) == key)
+        selector = f"{LABEL_APP}={label_value(name)},{LABEL_APP_NAMESPACE}={label_value(namespace)}"
+        listed = client.list_objects(API_VERSION, POOL.name, None, selector)
+        return [p for p in listed if app_ref_of(p) == key]
 
     def flowers(self, namespace: str) -> list[dict[str, Any]]:
         if (c := self._ready(self._flowers)) is not None:

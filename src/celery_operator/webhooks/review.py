@@ -88,17 +88,20 @@ def pointer(*parts: str) -> str:
     return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
 
 
-def add_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Patch operations adding labels the object does not have (never changing one it has)."""
+def set_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Patch operations giving the object these label values: added where missing,
+    replaced where different, nothing where already right (so applying twice is a no-op)."""
     current = (obj.get("metadata") or {}).get("labels")
-    missing = {k: v for k, v in labels.items() if k not in (current or {})}
-    if not missing:
-        return []
-    if current is None:
-        return [{"op": "add", "path": "/metadata/labels", "value": dict(missing)}]
+    if not isinstance(current, Mapping):
+        return [{"op": "add", "path": "/metadata/labels", "value": dict(labels)}] if labels else []
     return [
-        {"op": "add", "path": pointer("metadata", "labels", k), "value": v}
-        for k, v in missing.items()
+        {
+            "op": "replace" if k in current else "add",
+            "path": pointer("metadata", "labels", k),
+            "value": v,
+        }
+        for k, v in labels.items()
+        if current.get(k) != v
     ]
 
 
