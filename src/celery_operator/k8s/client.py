@@ -399,3 +399,22 @@ def patch_object(
         query=[("fieldManager", field_manager)] if field_manager else None,
         content_type="application/merge-patch+json",
     )
+
+
+# ---- authorization --------------------------------------------------------------------
+def create_subject_access_review(spec: Mapping[str, Any], *, timeout: float = 30) -> dict[str, Any]:
+    """Asks the apiserver's authorizers whether a user may do something: creates a
+    SubjectAccessReview (authorization.k8s.io/v1; evaluated, never stored) and returns its
+    status ({"allowed": ..., "denied": ..., "reason": ..., "evaluationError": ...})."""
+    body = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": dict(spec),
+    }
+    review = _call(
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        body=body,
+        timeout=timeout,
+    )
+    return dict(review.get("status") or {})
