@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from celery_operator.webhooks.lookup import Access
+from celery_operator.webhooks.review import UserInfo
+
 
 def review(
     obj: dict[str, Any] | None,
@@ -80,6 +83,10 @@ class FixedLookup:
     pools: list[dict[str, Any]] = field(default_factory=list)
     flower_list: list[dict[str, Any]] = field(default_factory=list)
     fail: bool = False
+    # (namespace, Secret) -> the users who may get it; None: everyone may get every Secret.
+    secret_readers: dict[tuple[str, str], set[str]] | None = None
+    access_fail: bool = False  # the SubjectAccessReview itself fails
+    access_checks: list[tuple[str, str, str]] = field(default_factory=list)  # (user, ns, name)
 
     def _check(self) -> None:
         if self.fail:
@@ -116,3 +123,11 @@ class FixedLookup:
     def flowers(self, namespace: str) -> list[dict[str, Any]]:
         self._check()
         return [f for f in self.flower_list if f["metadata"]["namespace"] == namespace]
+
+    def may_get_secret(self, user: UserInfo, namespace: str, name: str) -> Access:
+        self.access_checks.append((user.username, namespace, name))
+        if self.access_fail:
+            raise ConnectionError("apiserver unreachable")
+        if self.secret_readers is None:
+            return Access(True)
+        return Access(user.username in self.secret_readers.get((namespace, name), set()))

@@ -102,6 +102,12 @@ def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[s
         ),
         # The broker URL's scheme decides whether the built-in scaler can read it: get only.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        # May the requesting user get the Secrets a spec names? (No confused deputy.)
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
         # CA injection into its own two configurations, and nothing else.
         {
             "apiGroups": ["admissionregistration.k8s.io"],

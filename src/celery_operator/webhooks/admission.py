@@ -29,6 +29,7 @@ from celery_operator.webhooks.review import (
     pointer,
     set_labels,
 )
+from celery_operator.webhooks.secretaccess import secret_access_problems
 
 
 # ---- mutation -------------------------------------------------------------------------
@@ -70,23 +71,30 @@ def mutate_app(req: Request) -> Verdict:
 
 
 # ---- validation -----------------------------------------------------------------------
-def _verdict(kind: str, req: Request, problems: list[Problem]) -> Verdict:
-    errs, warns = errors(problems), warnings(problems)
+def _verdict(
+    kind: str, req: Request, problems: list[Problem], forbidden: list[Problem] | None = None
+) -> Verdict:
+    """All errors of one object in one message; `forbidden` (Secrets the user may not
+    read) make it a 403 Forbidden rather than a 422 Invalid."""
+    forbidden = forbidden or []
+    errs, warns = errors([*problems, *forbidden]), warnings(problems)
     v = Verdict(warnings=[str(w) for w in warns])
     if errs:
         v.allowed = False
         v.message = (
             f"{kind} {req.namespace}/{req.name or '(new)'} is invalid: {format_problems(errs)}"
         )
+        if forbidden:
+            v.code, v.reason = 403, "Forbidden"
     return v
 
 
-def validate_app_request(req: Request, lookup: Lookup) -> Verdict:
+def validate_app_request(req: Request, lookup: Lookup) -> list[Problem]:
     try:
         app = CeleryApp.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict(APP.name, req, model_problems(e))
-    return _verdict(APP.name, req, validate_app(app))
+        return model_problems(e)
+    return validate_app(app)
 
 
 def broker_of(app: CeleryApp, lookup: Lookup) -> BrokerURL | None:
@@ -106,11 +114,11 @@ def broker_of(app: CeleryApp, lookup: Lookup) -> BrokerURL | None:
         return None
 
 
-def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
+def validate_pool_request(req: Request, lookup: Lookup) -> list[Problem]:
     try:
         pool = CeleryWorkerPool.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict(POOL.name, req, model_problems(e))
+        return model_problems(e)
     problems = validate_pool(pool)
     app_ns = pool.spec.app_ref.namespace or req.namespace
     app_body = lookup.app(app_ns, pool.spec.app_ref.name)
@@ -138,14 +146,14 @@ def validate_pool_request(req: Request, lookup: Lookup) -> Verdict:
         sibling_queues=siblings,
     )
     problems += validate_pool_binding(pool, ctx)
-    return _verdict(POOL.name, req, problems)
+    return problems
 
 
-def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
+def validate_flower_request(req: Request, lookup: Lookup) -> list[Problem]:
     try:
         flower = Flower.model_validate(req.obj)
     except ValidationError as e:
-        return _verdict(FLOWER.name, req, model_problems(e))
+        return model_problems(e)
     problems = validate_flower(flower)
     others = [
         f["metadata"]["name"]
@@ -163,11 +171,11 @@ def validate_flower_request(req: Request, lookup: Lookup) -> Verdict:
                 warning=True,
             )
         )
-    return _verdict(FLOWER.name, req, problems)
+    return problems
 
 
 Mutator = Callable[[Request], Verdict]
-Validator = Callable[[Request, Lookup], Verdict]
+Validator = Callable[[Request, Lookup], list[Problem]]
 
 # What admits each kind of the table: a kind without an entry fails here, at import.
 ADMISSION: dict[str, tuple[Mutator, Validator]] = {
@@ -199,4 +207,14 @@ def admit(plural: str, req: Request, lookup: Lookup, *, mutate: bool) -> Verdict
     meta.setdefault("namespace", req.namespace)
     meta.setdefault("name", req.name or meta.get("generateName", ""))
     obj["metadata"] = meta
-    return validator(Request(**{**req.__dict__, "obj": obj}), lookup)
+    req = Request(**{**req.__dict__, "obj": obj})
+    # First, and kept whatever happens next: a lookup failure below is answered by
+    # allowing with a warning, which must not let an unreadable Secret through.
+    forbidden = secret_access_problems(kind, req, lookup)
+    try:
+        problems = validator(req, lookup)
+    except Exception:
+        if forbidden:
+            return _verdict(kind, req, [], forbidden)
+        raise
+    return _verdict(kind, req, problems, forbidden)

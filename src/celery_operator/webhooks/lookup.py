@@ -7,6 +7,7 @@ path is tested end to end with kubectl)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
@@ -14,6 +15,45 @@ from celery_operator.api.kinds import APP, FLOWER, NAMESPACE, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.k8s import client
 from celery_operator.k8s.watchcache import WatchCache
+from celery_operator.webhooks.review import UserInfo
+
+# A SubjectAccessReview answers within this; the apiserver gives the webhook 5 s in all.
+ACCESS_REVIEW_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Access:
+    """A SubjectAccessReview's answer: allowed or not, and the authorizer's reason."""
+
+    allowed: bool
+    reason: str = ""
+
+
+def access_review_spec(user: UserInfo, namespace: str, name: str) -> dict[str, Any]:
+    """The spec of a SubjectAccessReview asking whether `user` may get one Secret."""
+    spec: dict[str, Any] = {
+        "resourceAttributes": {
+            "namespace": namespace,
+            "verb": "get",
+            "group": "",
+            "version": "v1",
+            "resource": "secrets",
+            "name": name,
+        },
+        "user": user.username,
+        "groups": list(user.groups),
+    }
+    if user.uid:
+        spec["uid"] = user.uid
+    if user.extra:
+        spec["extra"] = {k: list(v) for k, v in user.extra.items()}
+    return spec
+
+
+def access_of(status: Mapping[str, Any]) -> Access:
+    """A SubjectAccessReview status as an Access (anything but allowed: true denies)."""
+    reason = str(status.get("reason") or status.get("evaluationError") or "")
+    return Access(status.get("allowed") is True, reason)
 
 
 def app_ref_of(pool: Mapping[str, Any]) -> tuple[str, str]:
@@ -34,6 +74,7 @@ class Lookup(Protocol):
     def keda_installed(self) -> bool: ...
     def pools_of_app(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
     def flowers(self, namespace: str) -> list[dict[str, Any]]: ...
+    def may_get_secret(self, user: UserInfo, namespace: str, name: str) -> Access: ...
 
 
 class ApiLookup:
@@ -85,3 +126,11 @@ class ApiLookup:
         if (c := self._ready(self._flowers)) is not None:
             return c.list(lambda f: (f.get("metadata") or {}).get("namespace") == namespace)
         return client.list_objects(API_VERSION, FLOWER.name, namespace)
+
+    def may_get_secret(self, user: UserInfo, namespace: str, name: str) -> Access:
+        """Asks the apiserver (a SubjectAccessReview, never cached: a grant or a revocation
+        counts from the next request). Failures raise ApiError; the caller fails closed."""
+        status = client.create_subject_access_review(
+            access_review_spec(user, namespace, name), timeout=ACCESS_REVIEW_TIMEOUT
+        )
+        return access_of(status)

@@ -14,6 +14,35 @@ class BadReview(ValueError):  # noqa: N818 - answered with HTTP 400, not an erro
 
 
 @dataclass(frozen=True)
+class UserInfo:
+    """Who sent the request (the AdmissionReview's userInfo), as authenticated by the
+    apiserver: what a SubjectAccessReview about that user needs."""
+
+    username: str = ""
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+def parse_user_info(raw: Any) -> UserInfo:
+    """The userInfo of a request; entries of the wrong type are left out."""
+    if not isinstance(raw, Mapping):
+        return UserInfo()
+    groups = raw.get("groups")
+    extra = raw.get("extra")
+    return UserInfo(
+        username=raw["username"] if isinstance(raw.get("username"), str) else "",
+        uid=raw["uid"] if isinstance(raw.get("uid"), str) else "",
+        groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        extra={
+            k: tuple(x for x in v if isinstance(x, str))
+            for k, v in (extra.items() if isinstance(extra, Mapping) else ())
+            if isinstance(k, str) and isinstance(v, list)
+        },
+    )
+
+
+@dataclass(frozen=True)
 class Request:
     uid: str
     kind: str
@@ -23,7 +52,7 @@ class Request:
     obj: dict[str, Any] | None
     old: dict[str, Any] | None
     dry_run: bool = False
-    user: str = ""
+    user: UserInfo = field(default_factory=UserInfo)
 
 
 def parse_review(body: Any) -> Request:
@@ -48,7 +77,6 @@ def parse_review(body: Any) -> Request:
         raise BadReview("request.object is not an object")
     if old is not None and not isinstance(old, Mapping):
         raise BadReview("request.oldObject is not an object")
-    user = req.get("userInfo") if isinstance(req.get("userInfo"), Mapping) else {}
     return Request(
         uid=uid,
         kind=str(kind["kind"]),
@@ -58,7 +86,7 @@ def parse_review(body: Any) -> Request:
         obj=dict(obj) if obj is not None else None,
         old=dict(old) if old is not None else None,
         dry_run=bool(req.get("dryRun")),
-        user=str((user or {}).get("username", "")),
+        user=parse_user_info(req.get("userInfo")),
     )
 
 
@@ -67,6 +95,7 @@ class Verdict:
     allowed: bool = True
     message: str = ""
     reason: str = ""
+    code: int = 422
     warnings: list[str] = field(default_factory=list)
     patch: list[dict[str, Any]] = field(default_factory=list)
 
@@ -74,7 +103,7 @@ class Verdict:
 def response(uid: str, v: Verdict) -> dict[str, Any]:
     resp: dict[str, Any] = {"uid": uid, "allowed": v.allowed}
     if not v.allowed:
-        resp["status"] = {"code": 422, "reason": v.reason or "Invalid", "message": v.message}
+        resp["status"] = {"code": v.code, "reason": v.reason or "Invalid", "message": v.message}
     if v.warnings:
         resp["warnings"] = v.warnings
     if v.patch:
