@@ -11,6 +11,8 @@
   Service, CA Secret, configurations, cert-manager Secret) agree;
 - every argument the chart passes is accepted by the `celery-operator` CLI;
 - values.schema.json refuses typos, bad enums and a second operator replica;
+- `helm template` renders the default values without a cluster, and the release notes warn
+  on a cluster older than the minimum Kubernetes version of Chart.yaml;
 - install, upgrade and uninstall on the local control plane (kwok runs the pods);
 - deploy/install.yaml equals a fresh render of the chart.
 """
@@ -18,6 +20,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +31,8 @@ from typing import Any
 
 import pytest
 import yaml
+from testenv.controlplane import versions
+from testenv.paths import cache_dir
 
 from celery_operator.certs.manager import DEFAULT_SECRET_NAME
 from celery_operator.cli import build_parser
@@ -493,6 +500,85 @@ def test_schema_covers_every_value() -> None:
 
     assert schema["additionalProperties"] is False
     assert walk(values, schema, "") == []
+
+
+# ---- without a cluster ---------------------------------------------------------------------
+
+
+def _offline_helm(home: Path, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+    """testenv's pinned helm with no cluster to ask: KUBECONFIG names no file, HOME is empty."""
+    helm = cache_dir() / f"helm-{versions()['HELM_VERSION']}" / "bin" / "helm"
+    if not helm.exists():
+        pytest.fail(f"helm not found at {helm}: run `make testenv`", pytrace=False)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "KUBECONFIG": str(home / "no-such-kubeconfig"),
+    }
+    return subprocess.run(
+        [str(helm), *args, str(chart)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _minimum_kubernetes() -> str:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    return str(chart["annotations"]["celeryproject.org/minimum-kubernetes-version"])
+
+
+def test_renders_offline_with_default_values(tmp_path: Path) -> None:
+    """`helm template charts/celery-operator` as typed, with no cluster (GitOps, review).
+    Helm then assumes its built-in Kubernetes version (v1.20.0 in testenv's helm, built from
+    source), so a `kubeVersion:` constraint in Chart.yaml refused to render anything. The
+    offline rendering is the one a supported cluster gets."""
+    r = _offline_helm(tmp_path, "template")
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    assert deployments == {"release-name-celery-operator", "release-name-celery-operator-webhook"}
+    assert {d["kind"] for d in docs} >= {
+        "ClusterRole",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    }
+    supported = _offline_helm(tmp_path, "template", f"--kube-version=v{_minimum_kubernetes()}.0")
+    assert supported.returncode == 0, supported.stderr
+    assert r.stdout == supported.stdout
+
+
+@pytest.mark.parametrize(
+    ("server", "warned"),
+    [("v1.29.9", True), ("v1.30.0", False), ("v1.30.0-gke.1", False), ("v1.34.4", False)],
+)
+def test_notes_warn_below_the_minimum_kubernetes_version(
+    tmp_path: Path, server: str, warned: bool
+) -> None:
+    """NOTES.txt as `helm install` shows it (Helm renders it with the server's version;
+    `helm template` prints no notes, so a copy of the chart renders it as a manifest)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "files" / "NOTES.txt").write_text((chart / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "notes-as-configmap.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n"
+        'data: {notes: {{ tpl (.Files.Get "files/NOTES.txt") . | toJson }}}\n'
+    )
+    r = _offline_helm(
+        tmp_path,
+        "template",
+        f"--kube-version={server}",
+        "--show-only=templates/notes-as-configmap.yaml",
+        chart=chart,
+    )
+    assert r.returncode == 0, r.stderr
+    notes = yaml.safe_load(r.stdout)["data"]["notes"]
+    minimum = _minimum_kubernetes()
+    warning = f"WARNING: celery-operator needs Kubernetes >= {minimum}; this cluster runs {server}."
+    assert (warning in notes) is warned, notes
+    assert "is installed in namespace" in notes
 
 
 # ---- renderings against the apiserver ------------------------------------------------------
