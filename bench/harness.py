@@ -88,6 +88,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
                 f"--liveness-port={port}",
                 f"--metrics-port={metrics_port}",
                 "--log-level=WARNING",
+                "--leader-election-namespace=default",
                 *args,
             ],
             stdout=fh,

@@ -15,9 +15,11 @@ nothing behind either.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -32,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import yaml
 
@@ -127,11 +130,27 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     os.setpgrp()  # a Ctrl-C in the terminal reaches us, and we stop children in order
 
 
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    resources: [{group: "coordination.k8s.io", resources: ["leases"]}]
+    namespaces: ["kube-system", "kube-node-lease"]
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
+
 @dataclass
 class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = field(default_factory=list)
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -155,6 +174,8 @@ class ControlPlane:
     node: RealNode | None = field(init=False, default=None)
     kubeconfig: Path = field(init=False)
     api_url: str = field(init=False)
+    etcd_url: str = field(init=False)
+    audit_log: Path = field(init=False)
     _own_workdir: bool = field(init=False, default=False)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -189,6 +210,7 @@ class ControlPlane:
         ca, admin = self._write_pki(pkidir)
 
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
+        self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         self._spawn(
             "etcd",
             [
@@ -208,6 +230,11 @@ class ControlPlane:
         self._wait_tcp("etcd", etcd_port, deadline)
 
         self.api_url = f"https://127.0.0.1:{api_port}"
+        # Writes by ServiceAccounts (the operator, the webhook), who and with which user
+        # agent, in the audit log: tests prove with it which process wrote (a stopped
+        # leader must write nothing once it resumes).
+        self.audit_log = w / "audit.log"
+        (w / "audit-policy.yaml").write_text(AUDIT_POLICY)
         self._spawn(
             "kube-apiserver",
             [
@@ -238,6 +265,10 @@ class ControlPlane:
                 "--max-requests-inflight=800",
                 "--max-mutating-requests-inflight=400",
                 "--profiling=true",  # /debug/pprof for admins: how bench/ profiles the apiserver
+                f"--audit-policy-file={w / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=200",
+                "--audit-log-maxbackup=1",
                 "--v=0",
             ],
         )
@@ -349,6 +380,56 @@ class ControlPlane:
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    # ---- faults (tests) --------------------------------------------------------------
+    def restart(self, name: str, *, down: float = 0.0, timeout: float = 120.0) -> None:
+        """Stops one component (SIGTERM; SIGKILL after 10 s), keeps it down `down`
+        seconds, starts it again with the same arguments and waits until it serves:
+        kube-apiserver's /readyz, or etcd's port and then the apiserver's /readyz."""
+        index = next(i for i, p in enumerate(self.procs) if p.name == name)
+        proc = self.procs[index]
+        if proc.popen.poll() is None:
+            proc.popen.terminate()
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait(timeout=10)
+        if down:
+            time.sleep(down)  # an outage of this length is the point
+        self._spawn(name, proc.argv)
+        self.procs[index] = self.procs.pop()  # keep the order: stop() goes newest first
+        deadline = time.monotonic() + timeout
+        if name == "etcd":
+            self._wait_tcp("etcd", int(self.etcd_url.rsplit(":", 1)[1]), deadline)
+        self._wait_ready(deadline)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far (writes by ServiceAccounts)."""
+        out = []
+        for path in (self.audit_log,):
+            with contextlib.suppress(FileNotFoundError):
+                for line in path.read_text(errors="replace").splitlines():
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(line))
+        return out
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (its v3 JSON gateway: no etcdctl needed)."""
+        body = json.dumps({"key": base64.b64encode(b"/").decode(), "limit": 1}).encode()
+        req = urllib.request.Request(f"{self.etcd_url}/v3/kv/range", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(json.loads(r.read())["header"]["revision"])
+
+    def compact_etcd(self) -> int:
+        """Compacts etcd at its current revision: a watch from any older resourceVersion
+        can no longer be served from etcd (410 Gone). Returns the revision."""
+        revision = self.etcd_revision()
+        body = json.dumps({"revision": str(revision), "physical": True}).encode()
+        req = urllib.request.Request(f"{self.etcd_url}/v3/kv/compaction", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+        return revision
+
     # ---- helpers ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str]) -> None:
         assert self.workdir is not None
@@ -362,7 +443,7 @@ class ControlPlane:
                 preexec_fn=_die_with_parent,
                 cwd=self.workdir,
             )
-        self.procs.append(Proc(name, popen, log))
+        self.procs.append(Proc(name, popen, log, argv))
 
     def _check_alive(self) -> None:
         for p in self.procs:

@@ -154,6 +154,7 @@ def start_operator() -> None:
             "--bind-address=127.0.0.1",
             f"--liveness-port={LIVENESS_PORT}",
             f"--metrics-port={METRICS_PORT}",
+            f"--leader-election-namespace={NAMESPACE}",
         ],
         OPERATOR_PID,
         OPERATOR_LOG,

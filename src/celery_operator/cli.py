@@ -21,9 +21,33 @@ def _manifests(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import logging
 
+    from celery_operator.controllers.leader import ElectionConfig
     from celery_operator.controllers.operator import OperatorConfig, run
 
     logging.getLogger("celery_operator").setLevel(getattr(logging, args.log_level))
+    election = None
+    if args.leader_elect:
+        namespace = args.leader_election_namespace or _own_namespace()
+        if not namespace:
+            print(
+                "celery-operator run: leader election needs the Lease's namespace: pass "
+                "--leader-election-namespace (or set POD_NAMESPACE), or --no-leader-elect "
+                "for a single replica",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            election = ElectionConfig(
+                namespace=namespace,
+                name=args.leader_election_id,
+                identity=_identity(),
+                lease_duration=args.lease_duration,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            )
+        except ValueError as e:
+            print(f"celery-operator run: {e}", file=sys.stderr)
+            return 2
     run(
         OperatorConfig(
             namespaces=args.namespace or [],
@@ -32,9 +56,34 @@ def _run(args: argparse.Namespace) -> int:
             liveness_port=args.liveness_port,
             metrics_port=args.metrics_port,
             bind_address=args.bind_address,
+            election=election,
         )
     )
     return 0
+
+
+SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    import os
+
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SA_NAMESPACE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def _identity() -> str:
+    """Unique per process, readable in the Lease: the pod's name and a random suffix (a
+    restarted container is a new candidate, as in client-go)."""
+    import os
+    import socket
+    import uuid
+
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 def _webhook(args: argparse.Namespace) -> int:
@@ -136,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=int, default=9090, help="serves Prometheus /metrics")
     r.add_argument("--bind-address", default="0.0.0.0", help="address of both endpoints")
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    e = r.add_argument_group("leader election (several replicas; one reconciles)")
+    e.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a coordination.k8s.io Lease before reconciling (default: on)",
+    )
+    e.add_argument(
+        "--leader-election-namespace",
+        default="",
+        help="the Lease's namespace; default: $POD_NAMESPACE, else the pod's own namespace",
+    )
+    e.add_argument("--leader-election-id", default="celery-operator", help="the Lease's name")
+    e.add_argument("--lease-duration", type=float, default=15.0, help="seconds")
+    e.add_argument("--renew-deadline", type=float, default=10.0, help="seconds")
+    e.add_argument("--retry-period", type=float, default=2.0, help="seconds")
     r.set_defaults(func=_run)
 
     w = sub.add_parser("webhook", help="serve the admission webhooks over TLS")

@@ -438,7 +438,13 @@ def test_lint_strict(helm: Helm, case: str) -> None:
         ({"certificates": {"mode": "certmanager"}}, "value must be one of"),
         ({"webhook": {"antiAffinity": "Soft"}}, "value must be one of 'soft', 'hard', 'none'"),
         ({"webhook": {"failurePolicy": "fail"}}, "value must be one of 'Fail', 'Ignore'"),
-        ({"operator": {"replicas": 2}}, "maximum"),
+        # Two operators without a Lease would fight over the same objects.
+        (
+            {"operator": {"replicas": 2, "leaderElection": {"enabled": False}}},
+            "/operator/replicas",
+        ),
+        ({"operator": {"leaderElection": {"leaseDuration": 15}}}, "'leaseDuration' not allowed"),
+        ({"operator": {"antiAffinity": "Soft"}}, "value must be one of 'soft', 'hard', 'none'"),
         ({"operator": {"logLevel": "TRACE"}}, "value must be one of"),
         ({"webhook": {"timeoutSeconds": 31}}, "maximum"),
         ({"metrics": {"serviceMonitor": {"interval": "1.5m"}}}, "/metrics/serviceMonitor/interval"),
@@ -756,8 +762,9 @@ def test_cert_manager_objects_agree_with_the_webhook(helm: Helm) -> None:
     assert _arg(c, "--tls-cert-file") == f"{mounts['certs']}/tls.crt"
     assert _arg(c, "--tls-key-file") == f"{mounts['certs']}/tls.key"
     assert _arg(c, "--ca-secret") is None
-    # No CA Secret to manage: no Role for it.
-    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    # No CA Secret to manage: no Role for it (the operator's, for its Lease, stays).
+    roles = [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in roles} == {"operator"}
 
     external = helm.template(CASES["cert-manager-issuer"], ns)
     assert not [d for d in external if d["kind"] == "Issuer"]
@@ -772,23 +779,32 @@ def test_disabled_webhook_renders_no_webhook_object(helm: Helm) -> None:
     assert components == {"operator"}
 
 
-def test_webhook_spread_and_budget(helm: Helm) -> None:
+@pytest.mark.parametrize(
+    ("component", "name"),
+    [("webhook", "celery-operator-webhook"), ("operator", "celery-operator")],
+)
+def test_spread_and_budget(helm: Helm, component: str, name: str) -> None:
+    """Both run 2 replicas by default (the operator's: a leader and a standby), spread over
+    nodes, with a budget that a drain must respect; none for a single replica."""
+
     def spec(values: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         docs = helm.template(values, "co-system")
-        d = _find(docs, "Deployment", "celery-operator-webhook")
-        has_pdb = any(x["kind"] == "PodDisruptionBudget" for x in docs)
+        d = _find(docs, "Deployment", name)
+        has_pdb = any(
+            x["kind"] == "PodDisruptionBudget" and x["metadata"]["name"] == name for x in docs
+        )
         return d["spec"]["template"]["spec"].get("affinity", {}), has_pdb
 
     soft, pdb = spec({})
     assert "preferredDuringSchedulingIgnoredDuringExecution" in soft["podAntiAffinity"]
     assert pdb
-    hard, _ = spec({"webhook": {"antiAffinity": "hard"}})
+    hard, _ = spec({component: {"antiAffinity": "hard"}})
     term = hard["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"
-    none, _ = spec({"webhook": {"antiAffinity": "none"}})
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+    none, _ = spec({component: {"antiAffinity": "none"}})
     assert none == {}
-    _, pdb = spec({"webhook": {"replicas": 1}})
+    _, pdb = spec({component: {"replicas": 1}})
     assert not pdb  # a budget of minAvailable 1 over one replica would block every drain
 
 
@@ -817,7 +833,7 @@ def test_install_upgrade_uninstall(cluster: Cluster, helm: Helm, crds: list[str]
             "install", release, str(CHART), "-n", ns, *values, "--wait", "--timeout", "120s"
         )
         assert r.code == 0, r.stderr
-        wait_for("the operator ready", lambda: _ready(cluster, ns, full, 1))
+        wait_for("2 operator replicas ready", lambda: _ready(cluster, ns, full, 2))
         wait_for("2 webhook replicas ready", lambda: _ready(cluster, ns, f"{full}-webhook", 2))
         manifest = [
             d
@@ -839,7 +855,7 @@ def test_install_upgrade_uninstall(cluster: Cluster, helm: Helm, crds: list[str]
         operator_before = cluster.get("deployment", full, ns)
 
         # Upgrade: more webhook replicas (scales), a new operator log level (a new pod
-        # template: the operator is replaced, Recreate).
+        # template: the operators roll, a standby at a time, never two leaders).
         r = helm.run(
             "upgrade",
             release,
@@ -859,17 +875,17 @@ def test_install_upgrade_uninstall(cluster: Cluster, helm: Helm, crds: list[str]
         wait_for("3 webhook replicas ready", lambda: _ready(cluster, ns, f"{full}-webhook", 3))
         operator = cluster.get("deployment", full, ns)
         assert operator["metadata"]["generation"] > operator_before["metadata"]["generation"]
-        assert operator["spec"]["strategy"]["type"] == "Recreate"
+        assert operator["spec"]["strategy"]["type"] == "RollingUpdate"
         assert "--log-level=DEBUG" in _container(operator)["args"]
-        wait_for("the new operator pod ready", lambda: _ready(cluster, ns, full, 1))
+        wait_for("the new operator pods ready", lambda: _ready(cluster, ns, full, 2))
         pods = json.loads(
             cluster.kubectl(
                 "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator", "-o", "json"
             )
         )["items"]
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        assert len(live) == 1
-        assert "--log-level=DEBUG" in live[0]["spec"]["containers"][0]["args"]
+        assert len(live) == 2
+        assert all("--log-level=DEBUG" in p["spec"]["containers"][0]["args"] for p in live)
         history = json.loads(helm.run("history", release, "-n", ns, "-o", "json").stdout)
         assert [h["status"] for h in history] == ["superseded", "deployed"]
     finally:
@@ -914,3 +930,24 @@ def test_install_yaml_is_fresh(helm: Helm) -> None:
     assert all(d["metadata"].get("namespace") in (None, install_yaml.NAMESPACE) for d in docs), (
         "every namespaced object is in the install namespace"
     )
+
+
+def test_the_operator_leads_through_a_lease_unless_told_otherwise(helm: Helm) -> None:
+    def operator(values: dict[str, Any]) -> dict[str, Any]:
+        return _find(helm.template(values, "co-system"), "Deployment", "celery-operator")
+
+    d = operator({})
+    args = _container(d)["args"]
+    assert d["spec"]["replicas"] == 2
+    assert d["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-election-id=celery-operator" in args
+    assert {"--lease-duration=15", "--renew-deadline=10", "--retry-period=2"} <= set(args)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in _container(d)["env"]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    # The operator's CLI accepts what the chart passes.
+    build_parser().parse_args(args)
+
+    single = operator({"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
+    assert single["spec"]["strategy"]["type"] == "Recreate"  # never two at once
+    assert "--no-leader-elect" in _container(single)["args"]
+    build_parser().parse_args(_container(single)["args"])

@@ -188,6 +188,7 @@ class OperatorProcess(ComponentProcess):
             f"--metrics-port={self.metrics_port}",
             "--resync-seconds=60",
             "--log-level=DEBUG",
+            f"--leader-election-namespace={NAMESPACE}",
         ]
 
     def health_url(self) -> str:

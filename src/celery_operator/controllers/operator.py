@@ -1,10 +1,11 @@
-"""`celery-operator run`: kopf watches, our queue reconciles.
+"""`celery-operator run`: informers watch, our queue reconciles.
 
-kopf provides the watches (with relisting, backoff and per-object ordering), the liveness
-endpoint and the login; each watch event goes to a spy handler that updates the cache and
-enqueues keys. The handlers of the three kinds write nothing through kopf's state machine,
-so kopf stores no progress annotations on our objects and keeps no diff base (NoDiffBase);
-its progress and finalizer settings still name our own group, should a handler use them.
+kopf runs the process: the login, startup and cleanup, signals, the liveness endpoint.
+The watches are ours (`k8s.informer`, one thread per resource and namespace): kopf's
+relist after a 410 Gone without delivering what was deleted meanwhile, so a child deleted
+while the watch was cut stayed in the cache, "present", until a restart. Each event is
+handed to the event loop, where a handler updates the cache and enqueues keys; kopf has
+no resource handlers, so it keeps no state on our objects.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import dataclasses
 import logging
 import os
 import random
+import signal
 import socket
 from dataclasses import dataclass, field
 from functools import partial
+from importlib.metadata import version
 from typing import Any, cast
 
 import kopf
@@ -40,7 +43,10 @@ from celery_operator.api.labels import LABEL_COMPONENT, OWNED_LABELS, selector
 from celery_operator.controllers import celeryapp, celeryworkerpool, flower
 from celery_operator.controllers.cache import Cache
 from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELAY, Context
+from celery_operator.controllers.health import Health
+from celery_operator.controllers.leader import ElectionConfig, LeaderElector
 from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.k8s.informer import Informer, wait_synced
 from celery_operator.k8s.objects import controller_ref
 from celery_operator.plans.workers import PodView, epoch_of
 from celery_operator.scaling.monitor import Monitors
@@ -60,21 +66,6 @@ CONTROLLERS: dict[str, tuple[Any, Any]] = {
 assert set(CONTROLLERS) == {k.name for k in KINDS}, "every kind of api.kinds has a controller"
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """Our handlers only watch events (no on.create/update handlers need a diff), yet kopf
-    builds a diff base for every event: a deep copy of the body, a third of kopf's CPU at
-    scale. This one builds nothing and stores nothing."""
-
-    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: Any) -> Any:
-        return None
-
-    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
-        return None
-
-
 @dataclass
 class OperatorConfig:
     namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
@@ -83,6 +74,8 @@ class OperatorConfig:
     liveness_port: int = 8080
     metrics_port: int = 9090
     bind_address: str = "0.0.0.0"
+    sync_timeout: float = 120.0  # the first LIST of every watched resource
+    election: ElectionConfig | None = None  # None: no leader election (one replica)
 
 
 def build_context(workers: int) -> Context:
@@ -173,48 +166,36 @@ def on_namespace_event(ctx: Context, event_type: str, body: dict[str, Any]) -> N
         ctx.queue.add_many(POOL.task, [k for k in ctx.cache.keys(POOL.name) if k[0] == name])
 
 
-def _list(
-    resource: Resource, scopes: list[str | None], label_selector: str = ""
-) -> list[dict[str, Any]]:
-    from celery_operator.k8s import client
-
-    out = []
-    for scope in scopes if resource.namespaced else [None]:
-        for obj in client.list_objects(resource.api_version, resource.kind, scope, label_selector):
-            obj.setdefault("apiVersion", resource.api_version)
-            obj.setdefault("kind", resource.kind)
-            out.append(obj)
-    return out
-
-
-def prime_cache(ctx: Context, namespaces: list[str]) -> None:
-    """Lists everything once before any reconcile runs (controller-runtime's cache sync).
-
-    Without it, a pool reconciled before its app or namespace arrived through the watch
-    would look unbound, and the operator would stop its workers after every restart.
-    """
-    from celery_operator.k8s import client
-
+def informers(ctx: Context, namespaces: list[str], dispatch: Any) -> list[Informer]:
+    """One informer per watched resource (and namespace, when the operator watches only
+    some): the three kinds, Namespaces, our children and our pods, as the table declares.
+    `dispatch(handler, type, body)` hands each event to the event loop."""
     scopes: list[str | None] = list(namespaces) or [None]
-    for resource in (NAMESPACE, *(k.resource for k in KINDS)):
-        for obj in _list(resource, scopes):
-            ctx.cache.put(
-                resource.kind, (obj["metadata"].get("namespace", ""), obj["metadata"]["name"]), obj
+
+    def informer(
+        resource: Resource, handler: Any, labels: str = "", optional: bool = False
+    ) -> list[Informer]:
+        return [
+            Informer(
+                resource.api_version,
+                resource.kind,
+                partial(dispatch, handler),
+                namespace=scope,
+                label_selector=labels,
+                optional=optional,
             )
+            for scope in (scopes if resource.namespaced else [None])
+        ]
+
+    out = informer(NAMESPACE, on_namespace_event)
+    for kind in KINDS:
+        out += informer(kind.resource, CONTROLLERS[kind.name][1])
     for child in watched_children():
-        try:
-            items = _list(child.resource, scopes, selector(OWNED_LABELS))
-        except client.ApiError as e:
-            if e.not_found and child.optional:  # e.g. KEDA not installed
-                continue
-            raise
-        for obj in items:
-            ctx.cache.put_child(obj, deleted=False)
+        out += informer(child.resource, on_child_event, selector(OWNED_LABELS), child.optional)
     # Pods too: a drain in progress is written on the worker pods, and the first reconcile
     # of a pool must see it (and why pods cannot run).
-    for pod in _list(POD, scopes, selector(OWNED_LABELS)):
-        on_pod_event(ctx, "ADDED", pod)
-    enqueue_all(ctx)
+    out += informer(POD, on_pod_event, selector(OWNED_LABELS))
+    return out
 
 
 def enqueue_all(ctx: Context) -> None:
@@ -222,32 +203,40 @@ def enqueue_all(ctx: Context) -> None:
         ctx.queue.add_many(kind.task, ctx.cache.keys(kind.name))
 
 
-def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig) -> None:
-    """Declares every watch from the table of kinds, the login, startup and cleanup."""
-
-    def watch(resource: Resource, handler: Any, labels: dict[str, str] | None = None) -> None:
-        kopf.on.event(
-            resource.group, resource.version, resource.plural, labels=labels, registry=registry
-        )(_spy(ctx, handler))
-
-    for kind in KINDS:
-        watch(kind.resource, CONTROLLERS[kind.name][1])
-    for child in watched_children():
-        watch(child.resource, on_child_event, OWNED_LABELS)
-    watch(NAMESPACE, on_namespace_event)
-    watch(POD, on_pod_event, OWNED_LABELS)
+def register(
+    registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConfig, health: Health
+) -> None:
+    """The login, and startup and cleanup: informers (not kopf's watches, which relist
+    without telling what was deleted meanwhile), the queue, the scaler."""
     kopf.on.login(registry=registry)(_login)
     background: list[asyncio.Task[None]] = []
+    watching: list[Informer] = []
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         _configure(settings)
         await ctx.queue.start_loop()
-        await asyncio.to_thread(prime_cache, ctx, config.namespaces)
+        loop = asyncio.get_running_loop()
+
+        def dispatch(handler: Any, event_type: str, body: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(handler, ctx, event_type, body)
+
+        watching.extend(informers(ctx, config.namespaces, dispatch))
+        for i in watching:
+            i.start()
+        # Everything is listed (and handled: the events were queued on this loop before
+        # this wait's answer) before any reconcile runs, as controller-runtime waits for
+        # its caches: a pool reconciled before its app or namespace arrived would look
+        # unbound, and the operator would stop its workers after every restart.
+        late = await asyncio.to_thread(wait_synced, watching, config.sync_timeout)
+        if late:
+            raise kopf.PermanentError(f"the first LIST did not complete: {late}")
+        enqueue_all(ctx)
         await ctx.queue.start()
         if ctx.scaler is not None:
             ctx.scaler.start()
         background.append(asyncio.create_task(resync(ctx, config.resync_seconds)))
+        background.append(asyncio.create_task(heartbeat(health)))
         log.info(
             "celery-operator started: %d workers, resync every %.0fs",
             config.workers,
@@ -256,6 +245,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        for i in watching:
+            i.stop()
         for task in background:
             task.cancel()
         if ctx.scaler is not None:
@@ -263,17 +254,6 @@ def register(registry: kopf.OperatorRegistry, ctx: Context, config: OperatorConf
         if ctx.monitors is not None:
             ctx.monitors.stop()
         await ctx.queue.stop()
-
-
-def _spy(ctx: Context, handler: Any) -> Any:
-    # async: kopf runs a sync handler in a thread pool, a thread hop per watch event;
-    # ours only update the cache and the queue, so they run on the event loop itself.
-    async def wrapped(event: dict[str, Any], **_: Any) -> None:
-        obj = event.get("object")
-        if obj:
-            handler(ctx, event.get("type") or "ADDED", obj)
-
-    return wrapped
 
 
 def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -290,14 +270,16 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = NoDiffBase()
     # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
     settings.posting.enabled = False
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+
+
+async def heartbeat(health: Health) -> None:
+    """The event loop runs: /healthz says so."""
+    while True:
+        health.beat()
+        await asyncio.sleep(5)
 
 
 async def resync(ctx: Context, interval: float) -> None:
@@ -310,21 +292,48 @@ async def resync(ctx: Context, interval: float) -> None:
 def run(config: OperatorConfig) -> None:
     from celery_operator.k8s import client
 
-    client.configure()
-    start_http_server(config.metrics_port, addr=config.bind_address)
-    ctx = build_context(config.workers)
-    registry = kopf.OperatorRegistry()
-    register(registry, ctx, config)
     kopf.configure(verbose=False)
     # kopf reports every event handler at INFO; ours run for every watch event.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        # kopf would name itself after getpass.getuser(), which raises for a UID with no
-        # passwd entry: the image's 65532, and any runAsUser a cluster picks.
-        identity=cast(Any, f"{socket.gethostname()}/{os.getpid()}"),  # kopf's NewType Identity
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        liveness_endpoint=f"http://{config.bind_address}:{config.liveness_port}/healthz",
-    )
+    client.configure()
+    me = config.election.identity if config.election else f"{socket.gethostname()}/{os.getpid()}"
+    client.set_user_agent(f"celery-operator/{version('celery-operator')} ({me})")
+    start_http_server(config.metrics_port, addr=config.bind_address)
+    elector = None if config.election is None else LeaderElector(config.election)
+    health = Health(describe=lambda: _who_leads(elector))
+    health.serve(config.bind_address, config.liveness_port)
+    # Until kopf installs its own handlers: SIGTERM ends a standby's wait, or a new
+    # leader's startup, through the `finally` below (which gives the Lease up).
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if elector is not None:
+            elector.acquire()  # a standby waits here, serving health and metrics
+            elector.start_renewing()
+            client.write_guard = elector.guard
+        ctx = build_context(config.workers)
+        registry = kopf.OperatorRegistry()
+        register(registry, ctx, config, health)
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            # kopf would name itself after getpass.getuser(), which raises for a UID with
+            # no passwd entry: the image's 65532, and any runAsUser a cluster picks.
+            identity=cast(Any, f"{socket.gethostname()}/{os.getpid()}"),  # kopf's NewType
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+        )
+    finally:
+        if elector is not None:
+            client.write_guard = None
+            elector.release()
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _who_leads(elector: LeaderElector | None) -> str:
+    if elector is None:
+        return "(no leader election)"
+    role = "leader" if elector.leading else "standby"
+    return f"{role} {elector.me}; leader: {elector.holder or 'none'}"

@@ -180,7 +180,9 @@ class WorkQueue:
                     log.debug("%s %s/%s: namespace is being deleted, nothing to do", kind, *key)
                 else:
                     result, retry_in = "error", self._backoff(item)
-                    log.error(
+                    # No answer, 429, 5xx: the apiserver is away or busy; it comes back.
+                    say = log.warning if e.transient else log.error
+                    say(
                         "reconcile of %s %s/%s failed (retry in %.1fs): %s", kind, *key, retry_in, e
                     )
             except Exception:

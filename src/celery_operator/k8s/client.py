@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kubernetes
@@ -45,7 +45,10 @@ class ApiError(RuntimeError):
 
     @property
     def namespace_terminating(self) -> bool:
-        """Writes into a namespace that is being deleted: its objects are going away."""
+        """Writes into a namespace that is being deleted, or already gone (the owner's
+        events can still be on their way): its objects are going away."""
+        if self.status == 404:
+            return self.message.startswith('namespaces "') and self.message.endswith("not found")
         return self.status == 403 and "being terminated" in self.message
 
     @property
@@ -73,6 +76,7 @@ RESOURCES: dict[str, Resource] = {
             "mutatingwebhookconfigurations",
             namespaced=False,
         ),
+        Resource("coordination.k8s.io", "v1", "Lease", "leases"),
         Resource(
             "apiextensions.k8s.io",
             "v1",
@@ -111,6 +115,12 @@ def configure(kubeconfig: str | None = None, pool_size: int = 32) -> None:
         _client = kubernetes.client.ApiClient(config)
 
 
+def set_user_agent(user_agent: str) -> None:
+    """Names this process in the apiserver's audit log and request logs (which replica
+    of the operator wrote what)."""
+    _api().user_agent = user_agent
+
+
 def server_url() -> str:
     """The apiserver's URL as configured (in a pod: from KUBERNETES_SERVICE_HOST/PORT,
     which needs no cluster DNS)."""
@@ -131,6 +141,13 @@ def _api() -> kubernetes.client.ApiClient:
         return _client
 
 
+# Called before every write (POST, PUT, PATCH, DELETE) when set: the operator's leader
+# election fences its writes with it (a replica whose lease may have passed to another
+# never writes). A write that must not be fenced (renewing the lease) passes fenced=False.
+write_guard: Callable[[], None] | None = None
+_WRITES = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
 def _call(
     method: str,
     path: str,
@@ -139,7 +156,11 @@ def _call(
     query: list[tuple[str, str]] | None = None,
     content_type: str = "application/json",
     timeout: float = 30,
+    fenced: bool = True,
 ) -> dict[str, Any]:
+    guard = write_guard
+    if fenced and guard is not None and method in _WRITES:
+        guard()
     api = _api()
     parts = path.split("?")[0].split("/")
     kind = next((p for p in reversed(parts) if p in _PLURALS), "other")
@@ -198,10 +219,11 @@ def list_objects(
 
 
 def list_with_version(
-    api_version: str, kind: str, namespace: str | None = None
+    api_version: str, kind: str, namespace: str | None = None, label_selector: str = ""
 ) -> tuple[list[dict[str, Any]], str]:
     """Every object of a kind, and the list's resourceVersion (where a watch starts)."""
-    return _list(resource(api_version, kind), namespace, [])
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return _list(resource(api_version, kind), namespace, query)
 
 
 def _list(
@@ -220,11 +242,18 @@ def _list(
 
 
 def watch_events(
-    api_version: str, kind: str, resource_version: str, timeout_seconds: int = 300
+    api_version: str,
+    kind: str,
+    resource_version: str,
+    timeout_seconds: int = 300,
+    *,
+    namespace: str | None = None,
+    label_selector: str = "",
 ) -> Iterator[dict[str, Any]]:
-    """WATCHes a kind in every namespace from `resource_version`, with bookmarks. Yields
-    the decoded events ({"type": ..., "object": ...}, ERROR events included) until the
-    server ends the watch (after about `timeout_seconds`). Failures raise ApiError."""
+    """WATCHes a kind (in every namespace, or one) from `resource_version`, with
+    bookmarks. Yields the decoded events ({"type": ..., "object": ...}, ERROR events
+    included) until the server ends the watch (after about `timeout_seconds`). Failures
+    raise ApiError."""
     r = resource(api_version, kind)
     api = _api()
     query = [
@@ -233,8 +262,10 @@ def watch_events(
         ("allowWatchBookmarks", "true"),
         ("timeoutSeconds", str(timeout_seconds)),
     ]
+    if label_selector:
+        query.append(("labelSelector", label_selector))
     _, url, headers, _, _ = api.param_serialize(
-        "GET", r.path(), query_params=query, auth_settings=["BearerToken"]
+        "GET", r.path(namespace), query_params=query, auth_settings=["BearerToken"]
     )
     try:
         response = api.rest_client.pool_manager.request(
@@ -361,7 +392,7 @@ def patch_status(
 
 
 def create_object(
-    manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER
+    manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, fenced: bool = True
 ) -> dict[str, Any]:
     """Creates an object (POST) and returns it; a name already taken raises ApiError 409."""
     meta = manifest["metadata"]
@@ -371,6 +402,23 @@ def create_object(
         r.path(meta.get("namespace")),
         body=manifest,
         query=[("fieldManager", field_manager)],
+        fenced=fenced,
+    )
+
+
+def replace_object(
+    manifest: Mapping[str, Any], *, field_manager: str = FIELD_MANAGER, fenced: bool = True
+) -> dict[str, Any]:
+    """Replaces an object (PUT) at the resourceVersion its metadata names: if it changed
+    since, ApiError 409 and nothing is written (the Lease's compare-and-swap)."""
+    meta = manifest["metadata"]
+    r = resource(manifest["apiVersion"], manifest["kind"])
+    return _call(
+        "PUT",
+        r.path(meta.get("namespace"), meta["name"]),
+        body=manifest,
+        query=[("fieldManager", field_manager)],
+        fenced=fenced,
     )
 
 

@@ -13,6 +13,7 @@ from celery_operator.api.base import GROUP
 from celery_operator.api.crd import build_crd
 from celery_operator.api.kinds import KINDS
 from celery_operator.manifests.rbac import (
+    operator_namespace_rules,
     operator_rules,
     webhook_cluster_rules,
     webhook_namespace_rules,
@@ -66,6 +67,7 @@ def render_chart_files(files: dict[str, str]) -> dict[str, str]:
         name = f"{info.plural}.{GROUP}.yaml"
         out[f"{CHART}/crds/{name}"] = files[f"crds/{info.singular}/{name}"]
     out[f"{CHART}/files/operator-rules.yaml"] = _rules_file(operator_rules())
+    out[f"{CHART}/files/operator-namespace-rules.yaml"] = _rules_file(operator_namespace_rules())
     out[f"{CHART}/files/webhook-cluster-rules.yaml"] = _rules_file(
         webhook_cluster_rules(CHART_CONFIGURATION_TOKEN)
     )

@@ -61,6 +61,18 @@ def operator_rules() -> list[dict[str, Any]]:
     ]
 
 
+def operator_namespace_rules() -> list[dict[str, Any]]:
+    """In the operator's own namespace: the leader election Lease. `create` cannot be
+    limited by name, so it is granted in this namespace only."""
+    return [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+
+
 def operator_rbac(namespace: str, name: str = "celery-operator") -> list[dict[str, Any]]:
     labels = {
         "app.kubernetes.io/name": "celery-operator",
@@ -87,6 +99,19 @@ def operator_rbac(namespace: str, name: str = "celery-operator") -> list[dict[st
                 "kind": "ClusterRole",
                 "name": name,
             },
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "rules": operator_namespace_rules(),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
         },
     ]
