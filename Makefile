@@ -4,10 +4,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
+VENV_LOWEST := .venv-lowest
 RUN := testenv/.run
 export PATH := $(BIN):$(PATH)
 
-.PHONY: help deps testenv brokers node-deps images test unit integration e2e realnode lint fmt \
+.PHONY: help deps testenv brokers node-deps images test test-lowest unit integration e2e realnode lint fmt \
         manifests install-yaml cluster-up cluster-down dev-up dev-down demo bench clean
 
 help:
@@ -16,6 +17,7 @@ help:
 	@echo "make manifests     regenerate crds/, webhooks/, the chart's CRDs and RBAC, deploy/install.yaml"
 	@echo "make install-yaml  re-render deploy/install.yaml from the chart (needs helm: make testenv)"
 	@echo "make lint          ruff, mypy --strict, import contracts"
+	@echo "make test-lowest   unit suite + e2e smoke with the runtime deps at their lower bounds"
 	@echo "make cluster-up    start the local control plane (KUBECONFIG=$(RUN)/kubeconfig)"
 	@echo "make cluster-down  stop it (and tear down the real node)"
 	@echo "make images        build the real node's images (no registry needed)"
@@ -56,11 +58,37 @@ fmt: deps
 
 # Every suite, in one pytest session so the control plane (and the real node) start once;
 # then a check that the real node left nothing on the machine.
-test: deps testenv brokers images lint
+test: deps testenv brokers images lint test-lowest
 	@rc=0; $(BIN)/pytest tests || rc=$$?; \
 	$(BIN)/python -m testenv.realnode down || rc=1; \
 	$(BIN)/python -m testenv.realnode leftovers >/dev/null || { echo "the real node left: $$($(BIN)/python -m testenv.realnode leftovers)"; rc=1; }; \
 	exit $$rc
+
+# The runtime dependencies at exactly the lower bounds of pyproject.toml (uv's lowest-direct
+# resolution; testenv.lowest_deps refuses any other version), the test tools at their newest
+# versions that keep those. Rebuilt when pyproject.toml changes.
+$(VENV_LOWEST)/.installed: pyproject.toml $(VENV)/.installed
+	rm -rf $(VENV_LOWEST)
+	$(BIN)/uv venv -q --python $(PYTHON) $(VENV_LOWEST)
+	$(BIN)/uv pip install -q --python $(VENV_LOWEST)/bin/python --resolution lowest-direct -e .
+	$(BIN)/uv pip freeze -q --python $(VENV_LOWEST)/bin/python --exclude-editable >$(VENV_LOWEST)/lowest.txt
+	$(BIN)/uv pip install -q --python $(VENV_LOWEST)/bin/python -c $(VENV_LOWEST)/lowest.txt -e '.[test]'
+	touch $@
+
+# The lower bounds, proved: the unit suite, then the operator and the webhook (run from that
+# venv by the e2e fixtures, as subprocesses of its interpreter) on the local control plane:
+# the shipped CeleryApp, CeleryWorkerPool and Flower examples become Ready, admission works,
+# and neither log has an error.
+LOWEST_SMOKE := \
+	tests/e2e/test_controllers.py::test_examples_in_any_order_become_ready \
+	tests/e2e/test_webhooks.py::test_mutating_defaults_and_labels \
+	tests/e2e/test_webhooks.py::test_literal_url_with_password \
+	tests/e2e/test_webhooks.py::test_webhook_log_is_clean \
+	tests/e2e/test_controllers.py::test_operator_log_is_clean
+test-lowest: $(VENV_LOWEST)/.installed testenv
+	$(abspath $(VENV_LOWEST))/bin/python -m testenv.lowest_deps
+	PATH=$(abspath $(VENV_LOWEST))/bin:$$PATH $(abspath $(VENV_LOWEST))/bin/pytest -p no:cacheprovider \
+		tests/unit $(LOWEST_SMOKE)
 
 unit: deps
 	$(BIN)/pytest tests/unit
@@ -81,7 +109,7 @@ cluster-up: deps testenv images
 cluster-down: dev-down
 
 clean: cluster-down
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VENV_LOWEST) .mypy_cache .ruff_cache .pytest_cache
 
 manifests: deps
 	$(BIN)/celery-operator manifests
