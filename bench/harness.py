@@ -103,6 +103,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
 
         wait(healthy, 60, every=0.2)
         proc.log = log  # type: ignore[attr-defined]
+        proc.liveness_port = port  # type: ignore[attr-defined]
         proc.metrics_port = metrics_port  # type: ignore[attr-defined]
         yield proc
     finally:
