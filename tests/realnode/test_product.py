@@ -51,7 +51,16 @@ def test_operator_and_webhook_run_in_cluster_under_the_chart(
     pods = json.loads(cluster.kubectl("get", "pods", "-n", installed, "-o", "json"))["items"]
     running = [p for p in pods if p["status"].get("phase") == "Running"]
     components = sorted(p["metadata"]["labels"]["app.kubernetes.io/component"] for p in running)
-    assert components == ["operator", "webhook", "webhook"]
+    assert components == ["operator", "operator", "webhook", "webhook"]
+    # Two operators, one leading through the release's Lease (its holder names the pod).
+    lease = cluster.get("lease", FULLNAME, installed)["spec"]
+    operators = [
+        p["metadata"]["name"]
+        for p in running
+        if p["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+    leaders = [name for name in operators if lease["holderIdentity"].startswith(f"{name}_")]
+    assert len(leaders) == 1, (lease, operators)
     for p in running:
         assert p["spec"]["nodeName"] == NODE_NAME
         c = p["spec"]["containers"][0]
