@@ -285,8 +285,12 @@ def differences(old: Any, new: Any, path: str) -> list[str]:
         return []
 
     def show(v: Any) -> str:
-        return "<absent>" if v is _ABSENT else json.dumps(v, sort_keys=True)[:200]
+        return "<absent>" if v is _ABSENT else json.dumps(v, sort_keys=True)[:300]
 
+    if isinstance(old, list) and isinstance(new, list):  # of another length: the items
+        gone = [x for x in old if x not in new]
+        added = [x for x in new if x not in old]
+        return [f"{path}: removed {show(gone)}, added {show(added)}"]
     return [f"{path}: {show(old)} -> {show(new)}"]
 
 
@@ -413,8 +417,9 @@ def check_rollouts(
 
 def check_new_fields(cluster: Cluster, ns: str) -> dict[str, str]:
     """(c), after the upgrade: the new fields are accepted (strict validation) and kept."""
-    for obj, _, _ in new_fields(ns):
-        cluster.apply(obj)
+    for obj, path, _ in new_fields(ns):
+        r = cluster.run("apply", "-f", "-", input=yaml.safe_dump(obj))  # strict validation
+        assert r.code == 0, f"{'.'.join(path)} refused after the upgrade: ...{r.stderr[-200:]}"
     wait_for(
         "HEAD's operator to reconcile the changed pool and app",
         lambda: (
@@ -520,15 +525,18 @@ def test_upgrade_from_the_last_release(
             )
             upgraded = time.monotonic()
 
-            rollouts = check_rollouts(cluster, ns, at_rollout, predicted)
+            print("\n(a) Deployments, as v0.1.0 made them -> after HEAD's operator reconciled:")
+            print("\n".join(check_rollouts(cluster, ns, at_rollout, predicted)))
             after_a = deployments(cluster, ns)
             applied = applies_by(
                 cluster, f"system:serviceaccount:{release.namespace}:{account}", ns, head_started
             )
             if applied is not None:  # the local control plane's audit log: HEAD did apply
+                print(f"  HEAD's operator applied each of them (audit log): {applied}")
                 assert set(applied) == set(at_rollout), f"HEAD's operator applied {applied}"
 
             after_crds = check_new_fields(cluster, ns)
+            print(f"(c) before the upgrade: {before_crds}; after: {after_crds}")
             wait_all_ready(cluster, ns)
             final = deployments(cluster, ns)
             changed = sorted(n for n in final if final[n] != after_a[n])
@@ -542,14 +550,9 @@ def test_upgrade_from_the_last_release(
         assert any(s.name == "app1" for s in late), "the watch saw nothing after HEAD took over"
         assert ready_since(cluster, ns) == since, "a Ready condition transitioned"
         assert not head_op.errors(), head_op.errors()
-        print("\n(a) Deployments, as v0.1.0 made them -> after HEAD's operator reconciled:")
-        print("\n".join(rollouts))
-        if applied is not None:
-            print(f"  HEAD's operator applied each of them (audit log): {applied}")
         print(f"(b) over {ended - installed:.1f}s: {apps_report}")
         print(f"    {pools_report}")
         print("    every Ready lastTransitionTime (apps, pools, Flower) unchanged")
-        print(f"(c) before the upgrade: {before_crds}; after: {after_crds}")
         print(
             f"installed in {installed - started:.1f}s; upgraded (CRDs applied -> HEAD's "
             f"operator has reconciled everything) in {upgraded - installed:.1f}s"
