@@ -11,6 +11,7 @@ no resource handlers, so it keeps no state on our objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -219,7 +220,10 @@ def register(
         loop = asyncio.get_running_loop()
 
         def dispatch(handler: Any, event_type: str, body: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(handler, ctx, event_type, body)
+            if loop.is_closed():
+                return  # stopping: an informer thread delivered after the loop ended
+            with contextlib.suppress(RuntimeError):  # closed between the check and the call
+                loop.call_soon_threadsafe(handler, ctx, event_type, body)
 
         watching.extend(informers(ctx, config.namespaces, dispatch))
         for i in watching:
