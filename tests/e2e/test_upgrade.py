@@ -56,11 +56,22 @@ from tests.e2e.test_crash_recovery import managed
 from tests.e2e.test_failover import role
 from tests.support.cluster import Cluster, wait_for
 from tests.support.operator import OperatorProcess, new_workdir
-from tests.support.upgrade import ROOT, ConditionWatch, Release, ReleaseOperator, worktree
+from tests.support.upgrade import (
+    ROOT,
+    ConditionWatch,
+    Release,
+    ReleaseOperator,
+    resolves,
+    worktree,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
-OLD = "v0.1.0"
+# The last release: the tag v0.1.0, which names this commit. A clone without tags still
+# has the commit (a shallow one has neither: the test says so).
+OLD_TAG = "v0.1.0"
+OLD_COMMIT = "6d1fe79f52893ee52d86bb1a3c4ac377ec50a6aa"
+OLD = OLD_TAG if resolves(OLD_TAG) else OLD_COMMIT
 CHART = Path("charts") / "celery-operator"
 # kwok's pods run no containers: the operators run as local processes, not in the release.
 VALUES = ("--set", "operator.replicas=0", "--set", "webhook.enabled=false")

@@ -30,11 +30,15 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def resolves(ref: str) -> bool:
+    return _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode == 0
+
+
 @contextlib.contextmanager
 def worktree(ref: str) -> Iterator[Path]:
     """A checkout of `ref` beside the repository, removed afterwards (also on failure)."""
-    if _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").returncode != 0:
-        raise AssertionError(f"{ref} is not in this repository (git fetch --tags?)")
+    if not resolves(ref):
+        raise AssertionError(f"{ref} is not in this repository (a shallow clone? git fetch)")
     parent = Path(tempfile.mkdtemp(prefix="celery-operator-worktree-"))
     path = parent / ref
     added = _git("worktree", "add", "--detach", str(path), ref)
