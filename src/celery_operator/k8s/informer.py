@@ -120,6 +120,8 @@ class Informer:
                     self.synced.set()  # not served (yet): nothing to know
                     self._stop.wait(OPTIONAL_RETRY)
                     continue
+                if e.not_found:
+                    version = None  # the resource went (KEDA uninstalled): list again
                 log.warning("watch of %s broke (%s): resuming", self.plural, e)
                 self._stop.wait(self.restart_delay)
             except Exception:
