@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,11 @@ from celery_operator.validation.celeryworkerpool import (
     validate_pool,
     validate_pool_binding,
 )
-from celery_operator.validation.flower import validate_flower, validate_flower_binding
+from celery_operator.validation.flower import (
+    validate_flower,
+    validate_flower_app,
+    validate_flower_binding,
+)
 from celery_operator.webhooks.lookup import Lookup
 from celery_operator.webhooks.review import (
     Request,
@@ -162,7 +167,12 @@ def validate_flower_request(req: Request, lookup: Lookup) -> list[Problem]:
         and f["metadata"]["name"] != req.name
     ]
     problems += validate_flower_binding(flower, others)
-    if lookup.app(req.namespace, flower.spec.app_ref.name) is None:
+    app_body = lookup.app(req.namespace, flower.spec.app_ref.name)
+    if app_body is not None:
+        # An app that does not parse: its own status says why.
+        with contextlib.suppress(ValidationError):
+            problems += validate_flower_app(flower, CeleryApp.model_validate(app_body))
+    else:
         problems.append(
             Problem(
                 "spec.appRef.name",
