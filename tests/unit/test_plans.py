@@ -54,14 +54,34 @@ def app_body(**patch: Any) -> dict[str, Any]:
     return body("celeryapp/examples/shop.yaml", **patch)
 
 
+REJECTED = (
+    'pods "shop-default-5d8f7c9b4-x2x9k" is forbidden: violates PodSecurity "restricted:latest": '
+    'allowPrivilegeEscalation != false (container "proxy" must set '
+    "securityContext.allowPrivilegeEscalation=false)"
+)
+
+
 def deployment(
-    replicas: int = 2, ready: int | None = None, updated: int | None = None, failed: bool = False
+    replicas: int = 2,
+    ready: int | None = None,
+    updated: int | None = None,
+    failed: bool = False,
+    rejected: bool = False,
 ) -> dict[str, Any]:
     ready = replicas if ready is None else ready
     conds = []
     if failed:
         conds.append(
             {"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "stuck"}
+        )
+    if rejected:
+        conds.append(
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": REJECTED,
+            }
         )
     return {
         "metadata": {"generation": 1, "uid": "d"},
@@ -180,7 +200,21 @@ def rollouts(kind: str, inputs: Callable[[], Any], replicas: int) -> list[Case]:
             {"Ready": ("False", "RolloutFailed"), "Reconciling": ("False", "RolloutFailed")},
             deployment=deployment(replicas, ready=replicas - 1, failed=True),
         ),
+        Case(
+            "pods-rejected",
+            kind,
+            inputs,
+            {"Ready": ("False", "FailedCreate"), "Reconciling": ("True", "RollingOut")},
+            deployment=deployment(replicas, ready=0, rejected=True),
+            check=lambda plan, status: _says(status, "Ready", f"0/{replicas} ", REJECTED),
+        ),
     ]
+
+
+def _says(status: dict[str, Any], type_: str, *parts: str) -> None:
+    message = next(c["message"] for c in status["conditions"] if c["type"] == type_)
+    for part in parts:
+        assert part in message, message
 
 
 READY_AVAILABLE = {"Accepted": ("True", "Bound"), "Ready": ("True", "Available")}
@@ -717,6 +751,14 @@ APP_CASES = [
         lambda: app_inputs(apply=False, pools=(pool_status_body("a", False),)),
         {"Ready": ("False", "ComponentsNotReady"), "Degraded": ("True", "ComponentsUnavailable")},
         deployment=deployment(1),
+    ),
+    Case(
+        "beat-pods-rejected",
+        "CeleryApp",
+        lambda: app_inputs(apply=False),
+        {"Ready": ("False", "ComponentsNotReady"), "Reconciling": ("True", "RollingOut")},
+        deployment=deployment(1, ready=0, rejected=True),
+        check=lambda plan, status: _says(status, "Ready", "beat (FailedCreate: pods "),
     ),
     Case(
         "paused",

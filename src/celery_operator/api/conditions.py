@@ -50,6 +50,7 @@ AVAILABLE = "Available"
 SCALED_TO_ZERO = "ScaledToZero"
 PROGRESSING = "Progressing"
 ROLLOUT_FAILED = "RolloutFailed"
+FAILED_CREATE = "FailedCreate"  # the ReplicaSet cannot create pods (Pod Security, quota ...)
 ROLLING_OUT = "RollingOut"
 COMPLETE = "Complete"
 PAUSED = "Paused"

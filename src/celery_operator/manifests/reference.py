@@ -129,6 +129,13 @@ _ROLLOUT_READY = (
         "The Deployment exceeded its progress deadline (ProgressDeadlineExceeded); the "
         "message is the Deployment's.",
     ),
+    _r(
+        "False",
+        "FailedCreate",
+        "The apiserver refuses to create the pods (the Deployment's ReplicaFailure): the "
+        "message is its answer, e.g. a sidecar or init container that does not meet the "
+        "namespace's Pod Security level, an exceeded ResourceQuota, a LimitRange.",
+    ),
 )
 
 _ROLLOUT_RECONCILING = (
