@@ -144,13 +144,14 @@ class LivenessProbe(Model):
 class ReadinessProbe(Model):
     """Opt-in. Without it a worker pod is Ready as soon as its container runs: no traffic is
     routed to workers, so readiness only paces rollouts, counts in the pool's READY and
-    guards PodDisruptionBudgets. With it, a worker is Ready only once it answers a ping
-    through the broker and consumes at least one queue: a rollout (maxUnavailable 0) waits
-    for new workers that really work before it removes old ones, and a worker that lost the
-    broker, or was told to stop consuming, is not counted Ready. Each probe runs a Python
-    process that imports the app and sends one broadcast message, hence off by default.
-    Brokers without broadcast (SQS) cannot carry the ping: there it only checks that the
-    broker can be reached."""
+    guards the PodDisruptionBudget. With it, a worker is Ready only once it answers a ping
+    through the broker (Celery answers from its event loop, which starts after its task
+    consumers): a rollout (maxUnavailable 0) waits for new workers that really consume
+    before it stops old ones, and a worker that lost the broker is not counted Ready. A
+    worker drained before a scale-down still answers and stays Ready. Each probe runs a
+    Python process that imports the app and sends one broadcast message, hence off by
+    default. Brokers without broadcast (SQS) cannot carry the ping: there it only checks
+    that the broker can be reached."""
 
     enabled: bool = Field(default=False, description="Run the readiness probe.")
     initial_delay_seconds: int = Field(

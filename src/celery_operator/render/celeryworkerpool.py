@@ -48,10 +48,13 @@ sys.exit(1)
 """
 
 
-# The opt-in readiness probe: Ready once this worker answers through the broker and consumes
-# at least one queue. Unlike liveness, a broker that cannot be reached fails it (such a
-# worker consumes nothing), and so does a worker told to stop consuming (a drain). The
-# ping timeout is the script's argument. Without broadcast (SQS) only the broker is checked.
+# The opt-in readiness probe: Ready once this worker answers a ping through the broker.
+# Celery answers remote control only from its event loop, which starts after the task
+# consumers: a worker that answers consumes its queues. Unlike liveness, a broker that
+# cannot be reached fails it: such a worker consumes nothing. A worker told to stop
+# consuming (a drain before scale-down) still answers, so drains do not turn the pool
+# not Ready. The ping timeout is the script's argument. Without broadcast (SQS) only the
+# broker is checked.
 READINESS_SCRIPT = """\
 import os, socket, sys
 from celery.app.utils import find_app
@@ -63,19 +66,18 @@ try:
         conn.ensure_connection(max_retries=1, timeout=timeout)
         broadcast = "fanout" in conn.transport.implements.exchange_type
 except Exception as exc:
-    print(f"broker unreachable: {type(exc).__name__}")
+    print(f"broker unreachable, not ready: {type(exc).__name__}")
     sys.exit(1)
 if not broadcast:
     print("this broker has no remote control (e.g. SQS): the broker answers, that is all")
     sys.exit(0)
-replies = app.control.inspect(destination=[node], timeout=timeout).active_queues() or {}
-if node not in replies:
-    print(f"{node} did not answer within {timeout}s")
-    sys.exit(1)
-if not replies[node]:
-    print(f"{node} consumes no queue")
-    sys.exit(1)
+replies = app.control.ping(destination=[node], timeout=timeout)
+if any(node in r for r in replies):
+    sys.exit(0)
+print(f"{node} did not answer a ping within {timeout}s")
+sys.exit(1)
 """
+
 
 # The worker's launcher: Celery's own `celery` command, run in this process, after choosing
 # how SIGTERM stops the worker. The soft shutdown (REMAP_SIGTERM=SIGQUIT, then
