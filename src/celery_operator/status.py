@@ -362,10 +362,14 @@ class FlowerView:
     problem: str = ""
 
 
+_POD_PROBLEMS = (*POD_PROBLEM_REASONS, FAILED_CREATE)
+
+
 def _problem_of(status: Mapping[str, Any]) -> str:
-    """The Ready condition's reason and message when it is a pod problem, else ""."""
+    """The Ready condition's reason and message when it is a pod problem (one that cannot
+    run, or cannot be created), else ""."""
     c = get_condition(status, READY)
-    if c is None or c.get("status") == "True" or c.get("reason") not in POD_PROBLEM_REASONS:
+    if c is None or c.get("status") == "True" or c.get("reason") not in _POD_PROBLEMS:
         return ""
     return f"{c.get('reason')}: {c.get('message', '')}"
 
