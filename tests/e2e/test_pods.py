@@ -213,8 +213,7 @@ def test_bad_additions_are_refused_at_admission_with_field_paths(
         namespace,
         volumes=[{"name": "shop-ca", "secret": {"secretName": "shop-broker"}}],
         volumeMounts=[{"name": "settings", "mountPath": "/etc/settings"}],
-        initContainers=[{**INIT, "name": "proxy"}],
-        sidecars=[PROXY],
+        sidecars=[{**PROXY, "volumeMounts": [{"name": "certs", "mountPath": "/certs"}]}],
     )
     r = cluster.run("apply", "-f", "-", input=yaml.safe_dump(bad))
     assert r.code != 0, f"admitted: {r.stdout}"
@@ -223,7 +222,7 @@ def test_bad_additions_are_refused_at_admission_with_field_paths(
     assert 'admission webhook "vceleryworkerpool.celeryproject.org" denied the request' in err
     assert f"CeleryWorkerPool {namespace}/default is invalid: " in err
     for expected in (
-        "spec.sidecars[0].name: container name 'proxy' is already used by spec.initContainers[0]",
+        "spec.sidecars[0].volumeMounts[0].name: no volume 'certs' in the pod",
         "spec.volumes[0].name: volume name 'shop-ca' is already used by the app's "
         "spec.podDefaults.volumes[0]",
         "spec.volumeMounts[0].name: no volume 'settings' in the pod; a mount may name one of: "

@@ -153,6 +153,16 @@ VIOLATIONS: list[tuple[str, dict[str, Any], str]] = [
         "container name 'worker' is the operator's own container",
     ),
     (
+        "pool-init-container-and-sidecar-same-name",
+        _with(POOL, {"initContainers": [SIDECAR], "sidecars": [SIDECAR]}),
+        "initContainers and sidecars must not share a name",
+    ),
+    (
+        "pool-volume-name-too-long",
+        _with(POOL, {"volumes": [{"name": "v" * 64, "emptyDir": {}}]}),
+        "spec.volumes[0].name: Too long",
+    ),
+    (
         "pool-sidecar-restart-policy",
         _with(POOL, {"sidecars": [{**SIDECAR, "restartPolicy": "Never"}]}),
         "sidecars run as Kubernetes native sidecars: restartPolicy must be unset or Always",

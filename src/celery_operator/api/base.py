@@ -22,13 +22,23 @@ K8S_REF = "x-celery-operator-k8s-ref"
 K8S_DEFINITIONS: set[str] = set()
 
 
-def k8s(definition: str) -> Any:
+# The upstream schemas leave `name` unbounded (the apiserver checks names in code); CEL
+# rules that compare two names are costed by their longest possible value, so the types
+# such rules compare get the bound their names really have: a DNS label, 63.
+K8S_NAME_MAX_LENGTH = "x-celery-operator-k8s-name-max-length"
+
+
+def k8s(definition: str, name_max_length: int | None = None) -> Any:
     """A core Kubernetes type, by its OpenAPI definition name (e.g. io.k8s.api.core.v1.EnvVar).
 
-    In Python it is a dict; in the CRD schema, the upstream schema of that definition.
+    In Python it is a dict; in the CRD schema, the upstream schema of that definition (with
+    `name_max_length` as its `name`'s maxLength, when given).
     """
     K8S_DEFINITIONS.add(definition)
-    return Annotated[dict[str, Any], WithJsonSchema({K8S_REF: definition})]
+    schema: dict[str, Any] = {K8S_REF: definition}
+    if name_max_length is not None:
+        schema[K8S_NAME_MAX_LENGTH] = name_max_length
+    return Annotated[dict[str, Any], WithJsonSchema(schema)]
 
 
 def sub(factory: type[BaseModel], description: str) -> Any:
@@ -58,9 +68,9 @@ SecretKeySelector = k8s("io.k8s.api.core.v1.SecretKeySelector")
 PodSecurityContext = k8s("io.k8s.api.core.v1.PodSecurityContext")
 LabelSelector = k8s("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector")
 HPABehavior = k8s("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior")
-Volume = k8s("io.k8s.api.core.v1.Volume")
-VolumeMount = k8s("io.k8s.api.core.v1.VolumeMount")
-Container = k8s("io.k8s.api.core.v1.Container")
+Volume = k8s("io.k8s.api.core.v1.Volume", name_max_length=63)
+VolumeMount = k8s("io.k8s.api.core.v1.VolumeMount", name_max_length=63)
+Container = k8s("io.k8s.api.core.v1.Container", name_max_length=63)
 Lifecycle = k8s("io.k8s.api.core.v1.Lifecycle")
 
 IntOrString = Annotated[
@@ -164,6 +174,20 @@ MSG_SIDECAR_RESTART = (
     "sidecars run as Kubernetes native sidecars: restartPolicy must be unset or Always (put a "
     "container that runs to completion under initContainers)"
 )
+
+
+MSG_CONTAINER_NAMES = (
+    "initContainers and sidecars must not share a name: they are all containers of one pod"
+)
+
+
+def distinct_containers(at: str) -> tuple[str, str]:
+    """The CEL rule (and message) that no sidecar of `at` is named like an init container."""
+    return (
+        f"!has({at}.sidecars) || !has({at}.initContainers) || "
+        f"{at}.sidecars.all(s, !{at}.initContainers.exists(i, i.name == s.name))",
+        MSG_CONTAINER_NAMES,
+    )
 
 
 def container_name_message(main: str) -> str:

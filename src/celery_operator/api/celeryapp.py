@@ -24,6 +24,7 @@ from celery_operator.api.base import (
     Volume,
     VolumeMount,
     containers_field,
+    distinct_containers,
     pod_additions_descriptions,
     rules,
     sub,
@@ -197,6 +198,7 @@ class CeleryAppSpec(Model):
                 "self.beat.volumes.all(v, !self.podDefaults.volumes.exists(d, d.name == v.name))",
                 MSG_BEAT_VOLUME,
             ),
+            distinct_containers("self.beat"),
         )
     }
 

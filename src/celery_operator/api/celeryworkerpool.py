@@ -24,6 +24,7 @@ from celery_operator.api.base import (
     Volume,
     VolumeMount,
     containers_field,
+    distinct_containers,
     pod_additions_descriptions,
     rules,
     sub,
@@ -334,6 +335,7 @@ class CeleryWorkerPoolSpec(Model):
                 "self.pool != 'solo' || !self.probes.readiness.enabled",
                 MSG_SOLO_READINESS,
             ),
+            distinct_containers("self"),
         )
     }
 

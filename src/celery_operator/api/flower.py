@@ -20,6 +20,7 @@ from celery_operator.api.base import (
     Volume,
     VolumeMount,
     containers_field,
+    distinct_containers,
     pod_additions_descriptions,
     rules,
     sub,
@@ -90,6 +91,7 @@ class FlowerSpec(Model):
                 "self.urlPrefix == '' || (!self.urlPrefix.startsWith('/') && !self.urlPrefix.endsWith('/'))",
                 MSG_URL_PREFIX,
             ),
+            distinct_containers("self"),
         )
     }
 
