@@ -315,3 +315,29 @@ def test_models_keep_core_types_verbatim() -> None:
         deep_merge(example("flower/examples/shop.yaml"), {"spec": {"lifecycle": {"x": 1}}})
     )
     assert flower.spec.lifecycle == {"x": 1}
+
+
+def test_an_app_that_breaks_its_pools_and_flower_gets_warnings() -> None:
+    """The app's owners learn at admission which pools and Flowers their new podDefaults
+    break (a warning: those objects' owners must adapt)."""
+    pool = deep_merge(
+        example("celeryworkerpool/examples/shop-default.yaml"),
+        {"spec": {"volumeMounts": [{"name": "shop-ca", "mountPath": "/etc/pool"}]}},
+    )
+    flower = deep_merge(example("flower/examples/shop.yaml"), {"spec": {"volumes": [CA]}})
+    app = deep_merge(example("celeryapp/examples/shop.yaml"), {"spec": APP_CA})
+    lk = lookup(pools=[pool], flower_list=[flower])
+    assert verdict("/validate/celeryapps", app, lk).get("warnings") == [
+        "spec.podDefaults: Flower shop/shop: spec.volumes[0].name: volume name 'shop-ca' is "
+        "already used by the app's spec.podDefaults.volumes[0]: the pod gets both lists, so "
+        "the names must differ (rename this one, or drop it and mount the app's volume); it "
+        "is not updated (Ready=False InvalidSpec) until it or this app changes"
+    ]
+    without = deep_merge(example("celeryapp/examples/shop.yaml"), {})
+    resp = verdict("/validate/celeryapps", without, lk)
+    assert resp["allowed"]
+    assert resp["warnings"] == [
+        "spec.podDefaults: CeleryWorkerPool shop/default: spec.volumeMounts[0].name: no volume "
+        "'shop-ca' in the pod; a mount may name one of: tmp; it is not updated "
+        "(Ready=False InvalidSpec) until it or this app changes"
+    ]
