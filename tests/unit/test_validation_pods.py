@@ -341,3 +341,12 @@ def test_an_app_that_breaks_its_pools_and_flower_gets_warnings() -> None:
         "'shop-ca' in the pod; a mount may name one of: tmp; it is not updated "
         "(Ready=False InvalidSpec) until it or this app changes"
     ]
+
+
+def test_a_status_only_pass_keeps_reporting_the_collision() -> None:
+    """A status pass applies nothing and reads no broker, but still sees the collision:
+    Ready does not flip back to Available over a pool that is not updated."""
+    plan = plan_pool(pool_inputs(spec={"volumes": [CA]}, app=app_body(spec=APP_CA), apply=False))
+    assert plan.blocked is not None
+    assert plan.blocked.reason == INVALID_SPEC
+    assert plan.children is None

@@ -29,6 +29,12 @@ def pod_part(pool: CeleryWorkerPool) -> PodPart:
     return PodPart("spec", s.volumes, s.volume_mounts, s.init_containers, s.sidecars)
 
 
+def validate_pool_pods(pool: CeleryWorkerPool, app: CeleryApp) -> list[Problem]:
+    """The pool's volumes and mounts added to its app's podDefaults (needs no broker: the
+    controller checks it on status-only passes too)."""
+    return inherited_pod_problems(pod_part(pool), pod_defaults_part(app))
+
+
 def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
     """What one pool object alone can tell (the CRD's CEL rules, with the same messages)."""
     s = pool.spec
@@ -115,7 +121,7 @@ def validate_pool_binding(pool: CeleryWorkerPool, ctx: PoolContext) -> list[Prob
             )
         )
     if ctx.app is not None:
-        problems += inherited_pod_problems(pod_part(pool), pod_defaults_part(ctx.app))
+        problems += validate_pool_pods(pool, ctx.app)
     ql = pool.spec.autoscaling.queue_length if pool.spec.autoscaling else None
     if ql is not None:
         b = ctx.broker
