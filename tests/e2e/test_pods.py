@@ -1,7 +1,8 @@
 """What users add to pods, on the real control plane: a pool with a sidecar, an init
 container and mounted ConfigMaps gets a worker Deployment (and pods, admitted under Pod
 Security "restricted") that has them; a sidecar the namespace's Pod Security level refuses
-shows in the pool's Ready; a bad spec is refused at admission with its field paths; and
+shows in the pool's Ready, and so does one the apiserver refuses outright; a bad spec is
+refused at admission with its field paths; and
 `kubectl get cwp -o wide` shows the engine, desired and busy columns."""
 
 from __future__ import annotations
@@ -196,6 +197,30 @@ def test_a_sidecar_that_restricted_refuses_shows_in_ready(
     # With the securityContext, the same pool runs.
     cluster.apply(pool(ns, sidecars=[{**bare, "securityContext": RESTRICTED}]))
     wait_ready(cluster, "celeryworkerpool", "default", ns, timeout=90)
+
+
+def test_a_sidecar_the_apiserver_refuses_shows_in_ready(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """What the CRD schema cannot check in a user's container (requests above limits):
+    the apiserver refuses the Deployment (422), and the pool's Ready says so (ChildRejected)
+    instead of a reconcile failing in the operator's log."""
+    greedy = {**PROXY, "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}
+    greedy.pop("volumeMounts")
+    cluster.apply([secret(namespace), app(namespace), pool(namespace, sidecars=[greedy])])
+
+    def rejected() -> bool:
+        ready = condition(cluster.get("celeryworkerpool", "default", namespace), "Ready")
+        return ready.get("reason") == "ChildRejected"
+
+    wait_for("the pool to report the refused Deployment", rejected, timeout=60)
+    message = condition(cluster.get("celeryworkerpool", "default", namespace), "Ready")["message"]
+    assert "the apiserver refuses it: " in message, message
+    assert "spec.template.spec.initContainers[0].resources.requests" in message, message
+    assert "must be less than or equal to cpu limit" in message, message
+
+    cluster.apply(pool(namespace, sidecars=[{**greedy, "resources": {"limits": {"cpu": "1"}}}]))
+    wait_ready(cluster, "celeryworkerpool", "default", namespace, timeout=90)
 
 
 @pytest.fixture(scope="module")

@@ -217,6 +217,41 @@ def _says(status: dict[str, Any], type_: str, *parts: str) -> None:
         assert part in message, message
 
 
+REFUSED = (
+    'Deployment.apps "shop-default" is invalid: spec.template.spec.initContainers[0].resources'
+    '.requests: Invalid value: "2": must be less than or equal to cpu limit of 1'
+)
+
+
+def rejected(kind: str, inputs: Callable[[], Any], children: tuple[str, ...]) -> list[Case]:
+    """The apiserver refuses a rendered child (422): Ready says so, also on status passes."""
+    blocked = {"Ready": ("False", "ChildRejected"), "Reconciling": ("False", "ChildRejected")}
+    if kind == "CeleryApp":
+        blocked["Degraded"] = ("True", "ChildRejected")
+    return [
+        Case(
+            "child-rejected",
+            kind,
+            inputs,
+            blocked,
+            conflict=Blocker("ChildRejected", f"the apiserver refuses it: {REFUSED}"),
+            children=children,
+            check=lambda plan, status: _says(status, "Ready", REFUSED),
+        ),
+        Case(
+            "status-only-keeps-a-rejection",
+            kind,
+            lambda: dataclasses.replace(
+                inputs(),
+                apply=False,
+                body={**inputs().body, "status": conflict_status("ChildRejected")},
+            ),
+            {"Ready": ("False", "ChildRejected")},
+            deployment=deployment(),
+        ),
+    ]
+
+
 READY_AVAILABLE = {"Accepted": ("True", "Bound"), "Ready": ("True", "Available")}
 HPA = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "cpu": {"averageUtilization": 70}}}
 KEDA = {
@@ -377,6 +412,7 @@ POOL_CASES = [
         conflict=Blocker("ChildConflict", "Deployment shop/shop-default already exists"),
         children=("Deployment", "PodDisruptionBudget"),
     ),
+    *rejected("CeleryWorkerPool", lambda: pool_inputs(), ("Deployment", "PodDisruptionBudget")),
     Case(
         "status-only-keeps-a-conflict-of-this-generation",
         "CeleryWorkerPool",
@@ -639,6 +675,7 @@ FLOWER_CASES = [
         conflict=Blocker("ChildConflict", "Service shop/shop-flower already exists"),
         children=("Deployment", "Service"),
     ),
+    *rejected("Flower", lambda: flower_inputs(), ("Deployment", "Service")),
     Case(
         "status-only-keeps-a-conflict",
         "Flower",
@@ -779,6 +816,7 @@ APP_CASES = [
         conflict=Blocker("ChildConflict", "Deployment shop/shop-beat already exists"),
         children=("Deployment",),
     ),
+    *rejected("CeleryApp", lambda: app_inputs(), ("Deployment",)),
     Case(
         "status-only-keeps-a-conflict",
         "CeleryApp",

@@ -40,6 +40,7 @@ NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 APP_INVALID = "AppInvalid"
 BROKER_UNREADABLE = "BrokerUnreadable"
 CHILD_CONFLICT = "ChildConflict"
+CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a rendered child (422 Invalid)
 
 # ---- binding ------------------------------------------------------------------------------
 BOUND = "Bound"
