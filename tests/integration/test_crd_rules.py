@@ -168,6 +168,14 @@ VIOLATIONS: list[tuple[str, dict[str, Any], str]] = [
         "sidecars run as Kubernetes native sidecars: restartPolicy must be unset or Always",
     ),
     (
+        "pool-init-container-with-lifecycle",
+        _with(
+            POOL,
+            {"initContainers": [{**SIDECAR, "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}}]},
+        ),
+        "lifecycle and probes are allowed only on an init container with restartPolicy: Always",
+    ),
+    (
         "pool-sidecar-without-name",
         _with(POOL, {"sidecars": [{"image": "x:1"}]}),
         "spec.sidecars[0].name: Required value",

@@ -122,6 +122,12 @@ POOL_ALONE = [
         "restartPolicy must be unset or Always",
     ),
     (
+        "init-container-with-a-probe",
+        {"initContainers": [{**PROXY, "readinessProbe": {"tcpSocket": {"port": 5432}}}]},
+        "spec.initContainers[0].readinessProbe: lifecycle and probes are allowed only on an "
+        "init container with restartPolicy: Always",
+    ),
+    (
         "readiness-with-solo",
         {"pool": "solo", "concurrency": 1, "probes": {"readiness": {"enabled": True}}},
         "spec.probes.readiness.enabled: probes.readiness cannot be enabled with pool solo",

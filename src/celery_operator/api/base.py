@@ -190,6 +190,13 @@ def distinct_containers(at: str) -> tuple[str, str]:
     )
 
 
+MSG_INIT_HOOKS = (
+    "lifecycle and probes are allowed only on an init container with restartPolicy: Always "
+    "(a native sidecar); a helper that keeps running belongs under sidecars"
+)
+INIT_HOOKS = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
+
+
 def container_name_message(main: str) -> str:
     return f"container name '{main}' is the operator's own container; choose another name"
 
@@ -241,6 +248,10 @@ def containers_field(main: str, description: str, *, sidecars: bool = False) -> 
                 MSG_SIDECAR_RESTART,
             )
         )
+    else:
+        none = " && ".join(f"!has(c.{f})" for f in INIT_HOOKS)
+        always = "(has(c.restartPolicy) && c.restartPolicy == 'Always')"
+        checks.append((f"self.all(c, {always} || ({none}))", MSG_INIT_HOOKS))
     return Field(
         default_factory=list,
         max_length=MAX_CONTAINERS,

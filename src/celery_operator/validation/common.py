@@ -10,6 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from celery_operator.api.base import (
+    INIT_HOOKS,
+    MSG_INIT_HOOKS,
     MSG_SIDECAR_RESTART,
     MSG_TMP_MOUNT,
     MSG_TMP_VOLUME,
@@ -145,6 +147,13 @@ def own_pod_problems(part: PodPart, main: str | None) -> list[Problem]:
                 )
             )
         names.setdefault(name, path)
+    for i, c in enumerate(part.init_containers):
+        if c.get("restartPolicy") != "Always":
+            problems += [
+                Problem(f"{part.path}.initContainers[{i}].{f}", MSG_INIT_HOOKS)
+                for f in INIT_HOOKS
+                if c.get(f) is not None
+            ]
     for i, c in enumerate(part.sidecars):
         if c.get("restartPolicy") not in (None, "Always"):
             problems.append(
