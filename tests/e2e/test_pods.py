@@ -72,6 +72,15 @@ def restricted(cluster: Cluster) -> Iterator[str]:
     cluster.run("delete", "namespace", ns, "--wait=false")
 
 
+def table_row(out: str) -> dict[str, str]:
+    """The first row of a kubectl table, by column: cells are cut at the header's column
+    starts (an empty cell is blank, not <none>)."""
+    header, row = out.splitlines()[:2]
+    starts = [i for i, ch in enumerate(header) if ch != " " and (i == 0 or header[i - 1] == " ")]
+    bounds = [*starts[1:], None]
+    return {header[a:b].strip(): row[a:b].strip() for a, b in zip(starts, bounds, strict=True)}
+
+
 def template(cluster: Cluster, ns: str, name: str = "shop-default") -> dict[str, Any]:
     spec: dict[str, Any] = cluster.get("deployment", name, ns)["spec"]["template"]["spec"]
     return spec
@@ -114,10 +123,10 @@ def test_a_pool_with_a_sidecar_and_a_mounted_config_map(
         mounts = {m["name"] for m in p["spec"]["containers"][0]["volumeMounts"]}
         assert {"shop-ca", "worker-config"} <= mounts
 
-    # kubectl get cwp -o wide: ENGINE, DESIRED and BUSY.
+    # kubectl get cwp -o wide: ENGINE, DESIRED and BUSY (empty cells print as blanks).
     out = cluster.kubectl("get", "cwp", "default", "-n", ns, "-o", "wide")
-    header, row = (line.split() for line in out.splitlines()[:2])
-    assert header == [
+    cells = table_row(out)
+    assert list(cells) == [
         "NAME",
         "APP",
         "QUEUES",
@@ -130,9 +139,9 @@ def test_a_pool_with_a_sidecar_and_a_mounted_config_map(
         "ACCEPTED",
         "REASON",
     ], out
-    assert len(row) == len(header), out  # every cell one word (<none> when empty)
-    assert row[header.index("DESIRED")] == "2", out
-    assert row[header.index("ENGINE")] == "<none>", out  # fixed replicas: no autoscaler
+    assert cells["DESIRED"] == "2", out
+    assert cells["ENGINE"] == "", out  # fixed replicas: no autoscaler
+    assert cells["READY"] == "2/2", out
 
     # The app later takes a volume name the pool uses: the pool says so, its workers stay.
     cluster.kubectl(
