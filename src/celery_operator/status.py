@@ -19,6 +19,7 @@ from celery_operator.api.conditions import (
     CREATING,
     DEGRADED,
     DRAINING,
+    FAILED_CREATE,
     INVALID_SPEC,
     LOAD_OBSERVED,
     PAUSED,
@@ -141,6 +142,9 @@ class Rollout:
     available: int = 0
     current: bool = False  # the controller has seen the latest spec
     failed: str = ""  # ProgressDeadlineExceeded message, if any
+    # ReplicaFailure message, if any: the apiserver refuses the pods (a Pod Security level
+    # that a user's sidecar does not meet, a ResourceQuota, a LimitRange ...).
+    replica_failure: str = ""
 
     @property
     def complete(self) -> bool:
@@ -159,10 +163,12 @@ def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
     spec = deployment.get("spec") or {}
     st = deployment.get("status") or {}
     gen = (deployment.get("metadata") or {}).get("generation", 0)
-    failed = ""
+    failed = replica_failure = ""
     for c in st.get("conditions") or []:
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
             failed = str(c.get("message", ""))
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            replica_failure = str(c.get("message", ""))
     return Rollout(
         exists=True,
         desired=int(spec.get("replicas", 1)),
@@ -171,6 +177,7 @@ def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
         available=int(st.get("availableReplicas", 0)),
         current=int(st.get("observedGeneration", 0)) >= int(gen),
         failed=failed,
+        replica_failure=replica_failure,
     )
 
 
@@ -193,8 +200,10 @@ def _rollout_conditions(
             condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
             condition(RECONCILING, False, COMPLETE, "the latest spec is rolled out"),
         ]
-    # Still rolling out; if a pod cannot run, Ready says why instead of PROGRESSING.
+    # Still rolling out; if a pod cannot be created or run, Ready says why, not PROGRESSING.
     reason, message = PROGRESSING, f"{r.ready}/{r.desired} {what} replicas ready"
+    if problem is None and r.replica_failure:
+        problem = Blocker(FAILED_CREATE, _clip(r.replica_failure, MAX_PROBLEM_MESSAGE))
     if problem is not None:
         reason, message = problem.reason, f"{message}; {problem.message}"
     return [
@@ -353,10 +362,14 @@ class FlowerView:
     problem: str = ""
 
 
+_POD_PROBLEMS = (*POD_PROBLEM_REASONS, FAILED_CREATE)
+
+
 def _problem_of(status: Mapping[str, Any]) -> str:
-    """The Ready condition's reason and message when it is a pod problem, else ""."""
+    """The Ready condition's reason and message when it is a pod problem (one that cannot
+    run, or cannot be created), else ""."""
     c = get_condition(status, READY)
-    if c is None or c.get("status") == "True" or c.get("reason") not in POD_PROBLEM_REASONS:
+    if c is None or c.get("status") == "True" or c.get("reason") not in _POD_PROBLEMS:
         return ""
     return f"{c.get('reason')}: {c.get('message', '')}"
 
@@ -430,7 +443,10 @@ def app_status(
         reconciling = reconciling or flower.reconciling
     if beat is not None:
         if not beat.complete:
-            not_ready.append(named("beat", ": ".join(beat_problem) if beat_problem else ""))
+            problem = beat_problem or (
+                Blocker(FAILED_CREATE, beat.replica_failure) if beat.replica_failure else None
+            )
+            not_ready.append(named("beat", ": ".join(problem) if problem else ""))
         reconciling = reconciling or (beat.exists and not beat.complete and not beat.failed)
 
     if invalid is not None:

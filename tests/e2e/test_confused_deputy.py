@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_controllers import app, secret
+from tests.e2e.test_controllers import POOL, app, secret
 from tests.e2e.test_webhooks import FLOWER
 from tests.support.cluster import Cluster, Result, wait_for
 from tests.support.objects import deep_merge
@@ -212,6 +212,34 @@ def test_flower_secret_references_are_checked(
     no_auth["spec"].pop("basicAuth")
     no_auth["spec"].pop("ingress")
     r = as_user(cluster, "apply", "-f", "-", obj=no_auth)  # names no Secret
+    assert r.code == 0, r.stderr
+
+
+def test_secrets_in_pool_volumes_and_sidecars_are_checked(
+    cluster: Cluster, webhook: WebhookProcess, team: str
+) -> None:
+    """A Secret volume or a sidecar's env hands a Secret to the pods just as env does."""
+    cluster.apply(app(team))
+    spec = {
+        "volumes": [{"name": "creds", "secret": {"secretName": "other"}}],
+        "volumeMounts": [{"name": "creds", "mountPath": "/creds"}],
+        "sidecars": [
+            {
+                "name": "proxy",
+                "image": "registry.example.com/proxy:1.0",
+                "envFrom": [{"secretRef": {"name": "other"}}],
+            }
+        ],
+    }
+    pool = deep_merge(POOL, {"metadata": {"namespace": team}, "spec": spec})
+    r = as_user(cluster, "apply", "-f", "-", obj=pool)
+    assert r.code != 0, f"admitted: {r.stdout}"
+    assert denial(team, "other", "spec.volumes[0].secret.secretName") in r.stderr
+    assert denial(team, "other", "spec.sidecars[0].envFrom[0].secretRef.name") in r.stderr
+    assert not cluster.exists("celeryworkerpool", "default", team)
+
+    secret_reader(cluster, team, "other", user=USER)
+    r = as_user(cluster, "apply", "-f", "-", obj=pool)
     assert r.code == 0, r.stderr
 
 

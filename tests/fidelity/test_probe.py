@@ -1,4 +1,5 @@
-"""The rendered liveness probe, run in the worker's env against the running worker.
+"""The rendered liveness and readiness probes, run in the worker's env against the running
+worker.
 
 This module takes its Redis down, so it has a Redis of its own (the fixture is per module).
 """
@@ -10,6 +11,7 @@ import subprocess
 
 import pytest
 import redis
+from celery import Celery
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.render.celeryworkerpool import build_worker_deployment
@@ -87,3 +89,44 @@ def test_probe_passes_while_the_broker_is_down(
     assert down.returncode == 0, down.stdout + down.stderr
     assert "broker unreachable, not restarting" in down.stdout
     assert worker.running()  # nothing else about the worker changed
+
+
+def test_readiness_probe_needs_an_answering_worker_and_its_broker(
+    celery_app: CeleryApp,
+    run_container: RunContainer,
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    producer: Celery,
+) -> None:
+    """The opt-in readiness probe: passes for a worker that answers, also while it is
+    drained (told to stop consuming); fails for a hung worker and while the broker is down
+    (unlike liveness)."""
+    pool = make_pool(probes={"readiness": {"enabled": True, "timeoutSeconds": PROBE_TIMEOUT}})
+    container = container_of(build_worker_deployment(celery_app, pool, None, replicas=1))
+    worker = run_container(container)
+    node = local_node(pool)
+
+    def ready() -> subprocess.CompletedProcess[str]:
+        command = worker.local.probe_command("readinessProbe")
+        return worker.exec(command, timeout=container["readinessProbe"]["timeoutSeconds"])
+
+    wait_worker_ready(worker, node)
+    ok = ready()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    producer.control.cancel_consumer("celery", destination=[node], reply=True, timeout=5)
+    drained = ready()
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+
+    worker.signal(signal.SIGSTOP)
+    try:
+        hung = ready()
+    finally:
+        worker.signal(signal.SIGCONT)
+    assert hung.returncode == 1, hung.stdout + hung.stderr
+    assert f"{node} did not answer a ping within {PROBE_TIMEOUT}.0s" in hung.stdout
+
+    redis_server.stop()
+    down = ready()
+    assert down.returncode == 1, down.stdout + down.stderr
+    assert "broker unreachable, not ready" in down.stdout

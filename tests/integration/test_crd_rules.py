@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ def _empty_broker_url() -> dict[str, Any]:
 
 
 AUTO = {"minReplicas": 1, "maxReplicas": 3, "cpu": {"averageUtilization": 80}}
+CONFIG = {"name": "config", "configMap": {"name": "worker-config"}}
+SIDECAR = {"name": "proxy", "image": "registry.example.com/proxy:1.0"}
 
 # (id, object, the message the user must see)
 VIOLATIONS: list[tuple[str, dict[str, Any], str]] = [
@@ -102,6 +105,106 @@ VIOLATIONS: list[tuple[str, dict[str, Any], str]] = [
         'spec.autoscaling.queueLength.engine: Unsupported value: "celery"',
     ),
     ("replicas-negative", _with(POOL, {"replicas": -1}), "spec.replicas: Invalid value: -1"),
+    # What users add to pods (docs/pods.md).
+    (
+        "pool-volume-tmp",
+        _with(POOL, {"volumes": [{"name": "tmp", "emptyDir": {}}]}),
+        "volume name 'tmp' is the operator's own",
+    ),
+    (
+        "pool-volume-duplicate",
+        _with(POOL, {"volumes": [CONFIG, {"name": "config", "emptyDir": {}}]}),
+        "spec.volumes[1]: Duplicate value",
+    ),
+    (
+        "pool-volume-invalid",
+        _with(POOL, {"volumes": [{"name": "config", "configMap": {"name": 5}}]}),
+        "spec.volumes[0].configMap.name: Invalid value",
+    ),
+    (
+        "pool-mount-tmp",
+        _with(
+            POOL, {"volumes": [CONFIG], "volumeMounts": [{"name": "config", "mountPath": "/tmp"}]}
+        ),
+        "mountPath /tmp is the operator's own",
+    ),
+    (
+        "pool-mount-path-duplicate",
+        _with(
+            POOL,
+            {
+                "volumes": [CONFIG],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/a"},
+                    {"name": "config", "mountPath": "/etc/a"},
+                ],
+            },
+        ),
+        "spec.volumeMounts[1]: Duplicate value",
+    ),
+    (
+        "pool-sidecar-named-worker",
+        _with(POOL, {"sidecars": [{**SIDECAR, "name": "worker"}]}),
+        "container name 'worker' is the operator's own container",
+    ),
+    (
+        "pool-init-container-named-worker",
+        _with(POOL, {"initContainers": [{**SIDECAR, "name": "worker"}]}),
+        "container name 'worker' is the operator's own container",
+    ),
+    (
+        "pool-init-container-and-sidecar-same-name",
+        _with(POOL, {"initContainers": [SIDECAR], "sidecars": [SIDECAR]}),
+        "initContainers and sidecars must not share a name",
+    ),
+    (
+        "pool-volume-name-too-long",
+        _with(POOL, {"volumes": [{"name": "v" * 64, "emptyDir": {}}]}),
+        "spec.volumes[0].name: Too long",
+    ),
+    (
+        "pool-sidecar-restart-policy",
+        _with(POOL, {"sidecars": [{**SIDECAR, "restartPolicy": "Never"}]}),
+        "sidecars run as Kubernetes native sidecars: restartPolicy must be unset or Always",
+    ),
+    (
+        "pool-init-container-with-lifecycle",
+        _with(
+            POOL,
+            {"initContainers": [{**SIDECAR, "lifecycle": {"preStop": {"sleep": {"seconds": 1}}}}]},
+        ),
+        "lifecycle and probes are allowed only on an init container with restartPolicy: Always",
+    ),
+    (
+        "pool-sidecar-without-name",
+        _with(POOL, {"sidecars": [{"image": "x:1"}]}),
+        "spec.sidecars[0].name: Required value",
+    ),
+    (
+        "pool-readiness-solo",
+        _with(POOL, {"pool": "solo", "concurrency": 1, "probes": {"readiness": {"enabled": True}}}),
+        "probes.readiness cannot be enabled with pool solo",
+    ),
+    (
+        "app-default-mount-unknown",
+        _with(APP, {"podDefaults": {"volumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}]}}),
+        "podDefaults.volumeMounts may only name 'tmp' or a volume of podDefaults.volumes",
+    ),
+    (
+        "app-beat-mount-unknown",
+        _with(APP, {"beat": {"volumeMounts": [{"name": "ca", "mountPath": "/etc/ca"}]}}),
+        "beat.volumeMounts may only name 'tmp', a volume of podDefaults.volumes or one of beat.volumes",
+    ),
+    (
+        "app-beat-volume-of-the-defaults",
+        _with(APP, {"podDefaults": {"volumes": [CONFIG]}, "beat": {"volumes": [CONFIG]}}),
+        "beat.volumes must not repeat a name of podDefaults.volumes",
+    ),
+    (
+        "flower-sidecar-named-flower",
+        _with(FLOWER, {"sidecars": [{**SIDECAR, "name": "flower"}]}),
+        "container name 'flower' is the operator's own container",
+    ),
     (
         "flower-ingress-host",
         _with(FLOWER, {"ingress": {"enabled": True}}),
@@ -139,6 +242,58 @@ def test_examples_are_valid(cluster: Cluster, crds: list[str], namespace: str) -
         cluster.apply(obj, "--dry-run=server")
 
 
+def test_every_addition_is_accepted_as_written(
+    cluster: Cluster, crds: list[str], namespace: str
+) -> None:
+    """Volumes, mounts, init containers, sidecars (core/v1, with their full schemas) and the
+    readiness probe pass the CRD's schema and rules, and are stored as written."""
+    from tests.unit.test_render_golden import CA_BUNDLE, POD_ADDITIONS, SQL_PROXY
+
+    pool = deep_merge(
+        POOL,
+        {
+            "metadata": {"namespace": namespace, "name": "additions"},
+            "spec": {**POD_ADDITIONS, "probes": {"readiness": {"enabled": True}}},
+        },
+    )
+    app = deep_merge(
+        APP,
+        {
+            "metadata": {"namespace": namespace},
+            "spec": {
+                **CA_BUNDLE,
+                "beat": {
+                    "sidecars": [SQL_PROXY],
+                    "volumeMounts": [{"name": "shop-ca", "mountPath": "/c"}],
+                },
+            },
+        },
+    )
+    flower = deep_merge(
+        FLOWER,
+        {
+            "metadata": {"namespace": namespace},
+            "spec": {
+                "env": [{"name": "FLOWER_OAUTH2_KEY", "value": "k"}],
+                "envFrom": [{"secretRef": {"name": "flower-oauth"}}],
+                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                "sidecars": [SQL_PROXY],
+            },
+        },
+    )
+    cluster.apply([pool, app, flower])
+    stored = cluster.get("celeryworkerpool", "additions", namespace)["spec"]
+    for key in ("volumes", "volumeMounts", "initContainers", "sidecars"):
+        assert stored[key] == json.loads(json.dumps(POD_ADDITIONS[key])), key
+    assert stored["probes"]["readiness"]["enabled"] is True
+    assert cluster.get("flower", "shop", namespace)["spec"]["lifecycle"] == {
+        "preStop": {"sleep": {"seconds": 5}}
+    }
+    explained = cluster.kubectl("explain", "celeryworkerpool.spec.sidecars")
+    assert "native sidecars" in explained
+    assert "securityContext" in explained  # the core/v1 Container's fields
+
+
 def test_app_ref_namespace_is_immutable(cluster: Cluster, crds: list[str], namespace: str) -> None:
     pool = deep_merge(
         POOL, {"metadata": {"namespace": namespace}, "spec": {"appRef": {"namespace": namespace}}}
@@ -172,6 +327,13 @@ def test_schema_defaults_apply(cluster: Cluster, crds: list[str], namespace: str
     assert spec["disruptionBudget"] == {"maxUnavailable": 1}
     assert spec["updateStrategy"] == {"maxSurge": "25%", "maxUnavailable": 0}
     assert spec["probes"]["liveness"]["periodSeconds"] == 60
+    assert spec["probes"]["readiness"] == {
+        "enabled": False,
+        "initialDelaySeconds": 5,
+        "periodSeconds": 30,
+        "timeoutSeconds": 10,
+        "failureThreshold": 3,
+    }
 
 
 def test_disruption_budget_null_is_kept(cluster: Cluster, crds: list[str], namespace: str) -> None:

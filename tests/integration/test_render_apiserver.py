@@ -94,3 +94,24 @@ def test_restricted_really_rejects_a_root_pod(cluster: Cluster, restricted_ns: s
     )
     assert r.code != 0
     assert "restricted" in r.stderr
+
+
+def test_restricted_rejects_a_users_sidecar_without_a_security_context(
+    cluster: Cluster, restricted_ns: str
+) -> None:
+    """The operator leaves users' containers as written (docs/pods.md): the rendered pod with
+    a sidecar meets "restricted" only because the sidecar sets its securityContext; without
+    it, the same namespace refuses the pod and names the sidecar."""
+    deploy = CASES["worker-pod-additions"]()
+    spec = json.loads(json.dumps(deploy["spec"]["template"]["spec"]))
+    sidecar = next(c for c in spec["initContainers"] if c.get("restartPolicy") == "Always")
+    sidecar.pop("securityContext")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bare"}, "spec": spec}
+    r = cluster.run(
+        "create", "-n", restricted_ns, "--dry-run=server", "-f", "-", input=json.dumps(pod)
+    )
+    assert r.code != 0
+    assert 'violates PodSecurity "restricted:latest"' in r.stderr, r.stderr
+    assert f'container "{sidecar["name"]}" must set securityContext.allowPrivilegeEscalation' in (
+        r.stderr
+    ), r.stderr

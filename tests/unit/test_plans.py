@@ -54,14 +54,34 @@ def app_body(**patch: Any) -> dict[str, Any]:
     return body("celeryapp/examples/shop.yaml", **patch)
 
 
+REJECTED = (
+    'pods "shop-default-5d8f7c9b4-x2x9k" is forbidden: violates PodSecurity "restricted:latest": '
+    'allowPrivilegeEscalation != false (container "proxy" must set '
+    "securityContext.allowPrivilegeEscalation=false)"
+)
+
+
 def deployment(
-    replicas: int = 2, ready: int | None = None, updated: int | None = None, failed: bool = False
+    replicas: int = 2,
+    ready: int | None = None,
+    updated: int | None = None,
+    failed: bool = False,
+    rejected: bool = False,
 ) -> dict[str, Any]:
     ready = replicas if ready is None else ready
     conds = []
     if failed:
         conds.append(
             {"type": "Progressing", "reason": "ProgressDeadlineExceeded", "message": "stuck"}
+        )
+    if rejected:
+        conds.append(
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": REJECTED,
+            }
         )
     return {
         "metadata": {"generation": 1, "uid": "d"},
@@ -179,6 +199,55 @@ def rollouts(kind: str, inputs: Callable[[], Any], replicas: int) -> list[Case]:
             inputs,
             {"Ready": ("False", "RolloutFailed"), "Reconciling": ("False", "RolloutFailed")},
             deployment=deployment(replicas, ready=replicas - 1, failed=True),
+        ),
+        Case(
+            "pods-rejected",
+            kind,
+            inputs,
+            {"Ready": ("False", "FailedCreate"), "Reconciling": ("True", "RollingOut")},
+            deployment=deployment(replicas, ready=0, rejected=True),
+            check=lambda plan, status: _says(status, "Ready", f"0/{replicas} ", REJECTED),
+        ),
+    ]
+
+
+def _says(status: dict[str, Any], type_: str, *parts: str) -> None:
+    message = next(c["message"] for c in status["conditions"] if c["type"] == type_)
+    for part in parts:
+        assert part in message, message
+
+
+REFUSED = (
+    'Deployment.apps "shop-default" is invalid: spec.template.spec.initContainers[0].resources'
+    '.requests: Invalid value: "2": must be less than or equal to cpu limit of 1'
+)
+
+
+def rejected(kind: str, inputs: Callable[[], Any], children: tuple[str, ...]) -> list[Case]:
+    """The apiserver refuses a rendered child (422): Ready says so, also on status passes."""
+    blocked = {"Ready": ("False", "ChildRejected"), "Reconciling": ("False", "ChildRejected")}
+    if kind == "CeleryApp":
+        blocked["Degraded"] = ("True", "ChildRejected")
+    return [
+        Case(
+            "child-rejected",
+            kind,
+            inputs,
+            blocked,
+            conflict=Blocker("ChildRejected", f"the apiserver refuses it: {REFUSED}"),
+            children=children,
+            check=lambda plan, status: _says(status, "Ready", REFUSED),
+        ),
+        Case(
+            "status-only-keeps-a-rejection",
+            kind,
+            lambda: dataclasses.replace(
+                inputs(),
+                apply=False,
+                body={**inputs().body, "status": conflict_status("ChildRejected")},
+            ),
+            {"Ready": ("False", "ChildRejected")},
+            deployment=deployment(),
         ),
     ]
 
@@ -343,6 +412,7 @@ POOL_CASES = [
         conflict=Blocker("ChildConflict", "Deployment shop/shop-default already exists"),
         children=("Deployment", "PodDisruptionBudget"),
     ),
+    *rejected("CeleryWorkerPool", lambda: pool_inputs(), ("Deployment", "PodDisruptionBudget")),
     Case(
         "status-only-keeps-a-conflict-of-this-generation",
         "CeleryWorkerPool",
@@ -605,6 +675,7 @@ FLOWER_CASES = [
         conflict=Blocker("ChildConflict", "Service shop/shop-flower already exists"),
         children=("Deployment", "Service"),
     ),
+    *rejected("Flower", lambda: flower_inputs(), ("Deployment", "Service")),
     Case(
         "status-only-keeps-a-conflict",
         "Flower",
@@ -719,6 +790,14 @@ APP_CASES = [
         deployment=deployment(1),
     ),
     Case(
+        "beat-pods-rejected",
+        "CeleryApp",
+        lambda: app_inputs(apply=False),
+        {"Ready": ("False", "ComponentsNotReady"), "Reconciling": ("True", "RollingOut")},
+        deployment=deployment(1, ready=0, rejected=True),
+        check=lambda plan, status: _says(status, "Ready", "beat (FailedCreate: pods "),
+    ),
+    Case(
         "paused",
         "CeleryApp",
         lambda: app_inputs(spec={"paused": True}),
@@ -737,6 +816,7 @@ APP_CASES = [
         conflict=Blocker("ChildConflict", "Deployment shop/shop-beat already exists"),
         children=("Deployment",),
     ),
+    *rejected("CeleryApp", lambda: app_inputs(), ("Deployment",)),
     Case(
         "status-only-keeps-a-conflict",
         "CeleryApp",

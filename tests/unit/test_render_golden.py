@@ -42,6 +42,43 @@ def _keda(url: str, scaling: dict[str, Any]) -> list[dict[str, Any]]:
 
 REPORTS = "celeryworkerpool/examples/shop-reports.yaml"
 
+# What users add to pods: what Pod Security "restricted" needs of a container the operator
+# does not own (the pod-level securityContext covers runAsNonRoot and seccomp).
+RESTRICTED = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+CA_BUNDLE = {
+    "podDefaults": {
+        "volumes": [{"name": "shop-ca", "configMap": {"name": "shop-ca"}}],
+        "volumeMounts": [{"name": "shop-ca", "mountPath": "/etc/ssl/shop", "readOnly": True}],
+    }
+}
+WAIT_FOR_DB = {
+    "name": "wait-for-db",
+    "image": "busybox:1.37",
+    "command": ["sh", "-c", "until nc -z db.shop 5432; do sleep 2; done"],
+    "securityContext": RESTRICTED,
+}
+SQL_PROXY = {
+    "name": "cloud-sql-proxy",
+    "image": "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.1",
+    "args": ["--port=5432", "--max-sigterm-delay=30s", "shop:europe-west1:shop"],
+    "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
+    "securityContext": RESTRICTED,
+}
+POD_ADDITIONS = {
+    "volumes": [
+        {"name": "worker-config", "configMap": {"name": "worker-config"}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+    ],
+    "volumeMounts": [
+        {"name": "worker-config", "mountPath": "/etc/worker", "readOnly": True},
+        {"name": "scratch", "mountPath": "/scratch"},
+    ],
+    "initContainers": [
+        {**WAIT_FOR_DB, "volumeMounts": [{"name": "worker-config", "mountPath": "/config"}]}
+    ],
+    "sidecars": [SQL_PROXY],
+}
+
 CASES: dict[str, Callable[[], Any]] = {
     "worker-default": lambda: celeryworkerpool.build_worker_deployment(
         o.app(), o.pool(), _pool_owner(o.pool()), replicas=2
@@ -184,6 +221,54 @@ CASES: dict[str, Callable[[], Any]] = {
                 },
             }
         },
+    ),
+    "worker-pod-additions": lambda: celeryworkerpool.build_worker_deployment(
+        o.app(spec=CA_BUNDLE),
+        o.pool(spec={**POD_ADDITIONS, "probes": {"readiness": {"enabled": True}}}),
+        None,
+        replicas=2,
+    ),
+    "beat-pod-additions": lambda: celeryapp.build_beat_deployment(
+        o.app(
+            spec={
+                **CA_BUNDLE,
+                "beat": {
+                    "enabled": True,
+                    "volumes": [{"name": "schedule", "configMap": {"name": "beat-schedule"}}],
+                    "volumeMounts": [{"name": "schedule", "mountPath": "/etc/beat"}],
+                    "sidecars": [SQL_PROXY],
+                },
+            }
+        ),
+        None,
+    ),
+    "flower-pod-additions": lambda: flower.build_flower_deployment(
+        o.app(spec=CA_BUNDLE),
+        o.flower(
+            spec={
+                "extraArgs": [
+                    "--auth=.*@example\\.com",
+                    "--auth_provider=flower.views.auth.GoogleAuth2LoginHandler",
+                ],
+                "env": [
+                    {"name": "FLOWER_OAUTH2_KEY", "value": "shop-flower.apps.example.com"},
+                    {
+                        "name": "FLOWER_OAUTH2_SECRET",
+                        "valueFrom": {"secretKeyRef": {"name": "flower-oauth", "key": "secret"}},
+                    },
+                    {
+                        "name": "FLOWER_OAUTH2_REDIRECT_URI",
+                        "value": "https://flower.example.com/login",
+                    },
+                ],
+                "envFrom": [{"configMapRef": {"name": "flower-settings"}}],
+                "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                "volumes": [{"name": "static", "emptyDir": {}}],
+                "volumeMounts": [{"name": "static", "mountPath": "/srv/static"}],
+                "initContainers": [WAIT_FOR_DB],
+            }
+        ),
+        None,
     ),
     "pdb-default": lambda: celeryworkerpool.build_worker_pdb(o.app(), o.pool(), None),
     "hpa-cpu": lambda: autoscaling.build_hpa(o.app(), o.pool(REPORTS), None),

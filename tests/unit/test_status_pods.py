@@ -155,3 +155,41 @@ def test_a_ready_pool_reports_no_problem_even_if_a_pod_has_one() -> None:
     st = status_of_pool(1, ("ImagePullBackOff", "pod q"))
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "Available")
+
+
+def test_pods_the_apiserver_refuses_show_in_the_pool_and_its_app() -> None:
+    """A Deployment whose ReplicaSet cannot create pods (Pod Security, a quota): its
+    ReplicaFailure message, in the pool's Ready and in the app's."""
+    refused = 'pods "shop-default-1" is forbidden: violates PodSecurity "restricted:latest"'
+    d = deployment(0)
+    d["status"]["conditions"] = [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": refused}
+    ]
+    st = pool_status(
+        generation=1,
+        old=None,
+        accepted=Outcome(True, "Bound", "bound"),
+        app=AppRef("shop", "shop"),
+        deployment_name="shop-default",
+        deployment=d,
+        selector="x",
+        now="t",
+    )
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "FailedCreate")
+    assert ready["message"] == f"0/1 worker replicas ready; {refused}"
+    view = pool_view(
+        {"metadata": {"name": "default", "namespace": "shop"}, "spec": {}, "status": st}
+    )
+    assert view is not None
+    app = app_status(
+        generation=1,
+        old=None,
+        pools=[view],
+        flower=None,
+        beat_enabled=False,
+        beat_deployment=None,
+        now="t",
+    )
+    msg = next(c for c in app["conditions"] if c["type"] == "Ready")["message"]
+    assert f"pool shop/default (FailedCreate: 0/1 worker replicas ready; {refused})" in msg

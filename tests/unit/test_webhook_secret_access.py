@@ -64,6 +64,85 @@ def test_every_secret_a_flower_and_a_pool_name() -> None:
     assert secret_refs("CeleryWorkerPool", POOL) == []
 
 
+POD_SECRETS = {
+    "volumes": [
+        {"name": "cfg", "configMap": {"name": "cm"}},
+        {"name": "certs", "secret": {"secretName": "tls-certs"}},
+        {
+            "name": "bundle",
+            "projected": {
+                "sources": [{"configMap": {"name": "cm"}}, {"secret": {"name": "projected"}}]
+            },
+        },
+        {"name": "csi", "csi": {"driver": "d", "nodePublishSecretRef": {"name": "kubelet-only"}}},
+    ],
+    "initContainers": [
+        {"name": "init", "envFrom": [{"secretRef": {"name": "init-env"}}]},
+    ],
+    "sidecars": [
+        {
+            "name": "proxy",
+            "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "proxy", "key": "k"}}}],
+        }
+    ],
+}
+POD_SECRET_PATHS = [
+    ("volumes[1].secret.secretName", "tls-certs"),
+    ("volumes[2].projected.sources[1].secret.name", "projected"),
+    ("initContainers[0].envFrom[0].secretRef.name", "init-env"),
+    ("sidecars[0].env[0].valueFrom.secretKeyRef.name", "proxy"),
+]
+
+
+def test_secrets_in_what_users_add_to_pods() -> None:
+    """Secret volumes and the env of init containers and sidecars hand Secrets to pods too."""
+    pool = deep_merge(POOL, {"spec": POD_SECRETS})
+    assert paths(secret_refs("CeleryWorkerPool", pool)) == [
+        (f"spec.{p}", n) for p, n in POD_SECRET_PATHS
+    ]
+    flower = deep_merge(
+        FLOWER,
+        {
+            "spec": {
+                **POD_SECRETS,
+                "env": [
+                    {"name": "S", "valueFrom": {"secretKeyRef": {"name": "oauth", "key": "s"}}}
+                ],
+            }
+        },
+    )
+    assert paths(secret_refs("Flower", flower)) == [
+        ("spec.basicAuth.secretRef.name", "shop-flower-auth"),
+        ("spec.env[0].valueFrom.secretKeyRef.name", "oauth"),
+        *((f"spec.{p}", n) for p, n in POD_SECRET_PATHS),
+    ]
+    app = deep_merge(
+        APP,
+        {
+            "spec": {
+                "podDefaults": {"volumes": POD_SECRETS["volumes"]},
+                "beat": {"sidecars": POD_SECRETS["sidecars"]},
+            }
+        },
+    )
+    assert paths(secret_refs("CeleryApp", app))[2:] == [
+        ("spec.podDefaults.volumes[1].secret.secretName", "tls-certs"),
+        ("spec.podDefaults.volumes[2].projected.sources[1].secret.name", "projected"),
+        ("spec.beat.sidecars[0].env[0].valueFrom.secretKeyRef.name", "proxy"),
+    ]
+
+
+def test_a_sidecar_naming_a_secret_the_user_may_not_get_is_forbidden() -> None:
+    pool = deep_merge(POOL, {"spec": {"sidecars": POD_SECRETS["sidecars"]}})
+    resp = validate("celeryworkerpools", pool, FixedLookup(secret_readers={}))
+    assert not resp["allowed"]
+    assert resp["status"]["code"] == 403
+    assert (
+        'spec.sidecars[0].env[0].valueFrom.secretKeyRef.name: user "alice" may not get secret '
+        '"shop/proxy"' in resp["status"]["message"]
+    )
+
+
 def test_literal_urls_and_malformed_specs_name_nothing() -> None:
     literal = copy.deepcopy(APP)
     literal["spec"]["broker"]["url"] = {"value": "redis://r:6379/0"}

@@ -22,13 +22,23 @@ K8S_REF = "x-celery-operator-k8s-ref"
 K8S_DEFINITIONS: set[str] = set()
 
 
-def k8s(definition: str) -> Any:
+# The upstream schemas leave `name` unbounded (the apiserver checks names in code); CEL
+# rules that compare two names are costed by their longest possible value, so the types
+# such rules compare get the bound their names really have: a DNS label, 63.
+K8S_NAME_MAX_LENGTH = "x-celery-operator-k8s-name-max-length"
+
+
+def k8s(definition: str, name_max_length: int | None = None) -> Any:
     """A core Kubernetes type, by its OpenAPI definition name (e.g. io.k8s.api.core.v1.EnvVar).
 
-    In Python it is a dict; in the CRD schema, the upstream schema of that definition.
+    In Python it is a dict; in the CRD schema, the upstream schema of that definition (with
+    `name_max_length` as its `name`'s maxLength, when given).
     """
     K8S_DEFINITIONS.add(definition)
-    return Annotated[dict[str, Any], WithJsonSchema({K8S_REF: definition})]
+    schema: dict[str, Any] = {K8S_REF: definition}
+    if name_max_length is not None:
+        schema[K8S_NAME_MAX_LENGTH] = name_max_length
+    return Annotated[dict[str, Any], WithJsonSchema(schema)]
 
 
 def sub(factory: type[BaseModel], description: str) -> Any:
@@ -58,6 +68,10 @@ SecretKeySelector = k8s("io.k8s.api.core.v1.SecretKeySelector")
 PodSecurityContext = k8s("io.k8s.api.core.v1.PodSecurityContext")
 LabelSelector = k8s("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector")
 HPABehavior = k8s("io.k8s.api.autoscaling.v2.HorizontalPodAutoscalerBehavior")
+Volume = k8s("io.k8s.api.core.v1.Volume", name_max_length=63)
+VolumeMount = k8s("io.k8s.api.core.v1.VolumeMount", name_max_length=63)
+Container = k8s("io.k8s.api.core.v1.Container", name_max_length=63)
+Lifecycle = k8s("io.k8s.api.core.v1.Lifecycle")
 
 IntOrString = Annotated[
     int | str,
@@ -140,3 +154,142 @@ class NamespacedRef(Model):
         max_length=63,
         pattern=DNS_LABEL,
     )
+
+
+# ---- What users add to the pods: volumes, mounts, init containers, sidecars -------------------
+# The operator's own pieces of every pod, which the users' additions must not collide with.
+TMP_VOLUME_NAME = "tmp"  # an emptyDir mounted at /tmp in the operator's container
+TMP_MOUNT_PATH = "/tmp"
+MAX_VOLUMES = 64
+MAX_CONTAINERS = 16
+
+MSG_TMP_VOLUME = (
+    "volume name 'tmp' is the operator's own (the writable /tmp of every pod); choose another name"
+)
+MSG_TMP_MOUNT = (
+    "mountPath /tmp is the operator's own (an emptyDir, the only writable path of its read-only "
+    "container); mount below it or elsewhere"
+)
+MSG_SIDECAR_RESTART = (
+    "sidecars run as Kubernetes native sidecars: restartPolicy must be unset or Always (put a "
+    "container that runs to completion under initContainers)"
+)
+
+
+MSG_CONTAINER_NAMES = (
+    "initContainers and sidecars must not share a name: they are all containers of one pod"
+)
+
+
+def distinct_containers(at: str) -> tuple[str, str]:
+    """The CEL rule (and message) that no sidecar of `at` is named like an init container."""
+    return (
+        f"!has({at}.sidecars) || !has({at}.initContainers) || "
+        f"{at}.sidecars.all(s, !{at}.initContainers.exists(i, i.name == s.name))",
+        MSG_CONTAINER_NAMES,
+    )
+
+
+MSG_INIT_HOOKS = (
+    "lifecycle and probes are allowed only on an init container with restartPolicy: Always "
+    "(a native sidecar); a helper that keeps running belongs under sidecars"
+)
+INIT_HOOKS = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
+
+
+def container_name_message(main: str) -> str:
+    return f"container name '{main}' is the operator's own container; choose another name"
+
+
+def _map_list(key: str) -> dict[str, Any]:
+    return {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}
+
+
+def volumes_field(description: str) -> Any:
+    """`volumes`: core/v1 Volumes, unique by name, never the operator's own 'tmp'."""
+    return Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        description=description,
+        json_schema_extra={
+            **_map_list("name"),
+            **rules((f"self.all(v, v.name != '{TMP_VOLUME_NAME}')", MSG_TMP_VOLUME)),
+        },
+    )
+
+
+def volume_mounts_field(description: str) -> Any:
+    """`volumeMounts`: core/v1 VolumeMounts of the operator's container, unique by mountPath."""
+    return Field(
+        default_factory=list,
+        max_length=MAX_VOLUMES,
+        description=description,
+        json_schema_extra={
+            **_map_list("mountPath"),
+            **rules(
+                (
+                    f"self.all(m, m.mountPath != '{TMP_MOUNT_PATH}' "
+                    f"&& m.mountPath != '{TMP_MOUNT_PATH}/')",
+                    MSG_TMP_MOUNT,
+                )
+            ),
+        },
+    )
+
+
+def containers_field(main: str, description: str, *, sidecars: bool = False) -> Any:
+    """`initContainers` or `sidecars`: core/v1 Containers, verbatim, unique by name, never
+    named like the operator's own container `main`."""
+    checks = [(f"self.all(c, c.name != '{main}')", container_name_message(main))]
+    if sidecars:
+        checks.append(
+            (
+                "self.all(c, !has(c.restartPolicy) || c.restartPolicy == 'Always')",
+                MSG_SIDECAR_RESTART,
+            )
+        )
+    else:
+        none = " && ".join(f"!has(c.{f})" for f in INIT_HOOKS)
+        always = "(has(c.restartPolicy) && c.restartPolicy == 'Always')"
+        checks.append((f"self.all(c, {always} || ({none}))", MSG_INIT_HOOKS))
+    return Field(
+        default_factory=list,
+        max_length=MAX_CONTAINERS,
+        description=description,
+        json_schema_extra={**_map_list("name"), **rules(*checks)},
+    )
+
+
+def pod_additions_descriptions(main: str, where: str) -> dict[str, str]:
+    """The descriptions of the four fields, for the component whose container is `main`."""
+    return {
+        "volumes": (
+            f"Volumes (core/v1 Volume, verbatim) added to the {where} pods, after the app's "
+            "spec.podDefaults.volumes and the operator's own 'tmp'. Names must be unique among "
+            "all of them. References by name (ConfigMaps, Secrets, claims) are resolved in the "
+            "pod's namespace."
+        ),
+        "volumeMounts": (
+            f"Mounts (core/v1 VolumeMount, verbatim) of the '{main}' container, added to the "
+            "app's spec.podDefaults.volumeMounts. Each names a volume of the pod: 'tmp', one of "
+            "spec.podDefaults.volumes or one of these volumes. The container's root file system "
+            "is read-only: /tmp (the 'tmp' volume) and these mounts are its writable paths."
+        ),
+        "initContainers": (
+            "Init containers (core/v1 Container), run in order before everything else in the "
+            "pod, exactly as written: they get no env, mounts or securityContext from the "
+            "operator. Where Pod Security 'restricted' is enforced each must set "
+            "securityContext allowPrivilegeEscalation: false and capabilities.drop: [ALL] (the "
+            "pod-level securityContext covers runAsNonRoot and seccomp). An entry with "
+            "restartPolicy: Always is a native sidecar started at that point."
+        ),
+        "sidecars": (
+            f"Containers (core/v1 Container) that run beside '{main}' for the pod's whole "
+            "life, as Kubernetes native sidecars: rendered as init containers with "
+            "restartPolicy: Always after spec.initContainers, they start before "
+            f"'{main}' and stop only after it has stopped (a database proxy stays up while "
+            "tasks finish their shutdown). Otherwise exactly as written, with no env, mounts "
+            "or securityContext from the operator; under Pod Security 'restricted' each must "
+            "set securityContext allowPrivilegeEscalation: false and capabilities.drop: [ALL]."
+        ),
+    }

@@ -8,8 +8,10 @@ from pydantic import Field, WithJsonSchema
 
 from celery_operator.api.base import (
     API_VERSION,
+    TMP_VOLUME_NAME,
     Affinity,
     Conditions,
+    Container,
     EnvFromSource,
     EnvVar,
     LabelSelector,
@@ -19,11 +21,30 @@ from celery_operator.api.base import (
     ResourceRequirements,
     SecretKeySelector,
     Toleration,
+    Volume,
+    VolumeMount,
+    containers_field,
+    distinct_containers,
+    pod_additions_descriptions,
     rules,
     sub,
+    volume_mounts_field,
+    volumes_field,
 )
 
 MSG_URL_ONE_OF = "exactly one of value or secretKeyRef must be set"
+MSG_DEFAULT_MOUNT = (
+    "podDefaults.volumeMounts may only name 'tmp' or a volume of podDefaults.volumes (every "
+    "pod of the app gets these mounts, so their volumes must be in every pod too)"
+)
+MSG_BEAT_MOUNT = (
+    "beat.volumeMounts may only name 'tmp', a volume of podDefaults.volumes or one of beat.volumes"
+)
+MSG_BEAT_VOLUME = (
+    "beat.volumes must not repeat a name of podDefaults.volumes (the beat pod gets both "
+    "lists): rename it, or drop it and mount the app's volume"
+)
+BEAT_CONTAINER = "beat"
 KIND = "CeleryApp"
 PLURAL = "celeryapps"
 
@@ -102,6 +123,21 @@ class PodDefaults(Model):
             "profile, which meets Pod Security 'restricted'."
         ),
     )
+    volumes: list[Volume] = volumes_field(
+        "Volumes (core/v1 Volume, verbatim) in every pod of the app: workers (of every pool, "
+        "in whatever namespace), beat and Flower, after the operator's own 'tmp'. Components "
+        "add their own after these; names must be unique among all. References by name "
+        "(ConfigMaps, Secrets, claims) are resolved in each pod's namespace: a pool in another "
+        "namespace needs its own copies."
+    )
+    volume_mounts: list[VolumeMount] = volume_mounts_field(
+        "Mounts (core/v1 VolumeMount, verbatim) of the Celery container of every pod of the "
+        "app (worker, beat, flower); each names 'tmp' or one of podDefaults.volumes. Not given "
+        "to init containers or sidecars, which declare their own."
+    )
+
+
+_BEAT = pod_additions_descriptions(BEAT_CONTAINER, "beat")
 
 
 class BeatSpec(Model):
@@ -119,6 +155,10 @@ class BeatSpec(Model):
     extra_args: list[str] = Field(
         default_factory=list, description="Extra arguments appended to `celery beat`."
     )
+    volumes: list[Volume] = volumes_field(_BEAT["volumes"])
+    volume_mounts: list[VolumeMount] = volume_mounts_field(_BEAT["volumeMounts"])
+    init_containers: list[Container] = containers_field(BEAT_CONTAINER, _BEAT["initContainers"])
+    sidecars: list[Container] = containers_field(BEAT_CONTAINER, _BEAT["sidecars"], sidecars=True)
 
 
 class WorkerPoolPolicy(Model):
@@ -134,7 +174,34 @@ class WorkerPoolPolicy(Model):
     )
 
 
+def _mounts_known(mounts: str, *volumes: str) -> str:
+    """CEL: every mount of `mounts` names 'tmp' or a volume of one of `volumes`."""
+    known = " || ".join(f"(has({v}) && {v}.exists(v, v.name == m.name))" for v in volumes)
+    return f"!has({mounts}) || {mounts}.all(m, m.name == '{TMP_VOLUME_NAME}' || {known})"
+
+
 class CeleryAppSpec(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": rules(
+            (
+                _mounts_known("self.podDefaults.volumeMounts", "self.podDefaults.volumes"),
+                MSG_DEFAULT_MOUNT,
+            ),
+            (
+                _mounts_known(
+                    "self.beat.volumeMounts", "self.podDefaults.volumes", "self.beat.volumes"
+                ),
+                MSG_BEAT_MOUNT,
+            ),
+            (
+                "!has(self.beat.volumes) || !has(self.podDefaults.volumes) || "
+                "self.beat.volumes.all(v, !self.podDefaults.volumes.exists(d, d.name == v.name))",
+                MSG_BEAT_VOLUME,
+            ),
+            distinct_containers("self.beat"),
+        )
+    }
+
     image: str = Field(
         description="Container image holding the app's code with celery installed.",
         min_length=1,

@@ -11,6 +11,7 @@ from celery_operator.api.base import (
     DNS_LABEL,
     Affinity,
     Conditions,
+    Container,
     EnvFromSource,
     EnvVar,
     HPABehavior,
@@ -20,8 +21,15 @@ from celery_operator.api.base import (
     ResourceRequirements,
     Toleration,
     TopologySpreadConstraint,
+    Volume,
+    VolumeMount,
+    containers_field,
+    distinct_containers,
+    pod_additions_descriptions,
     rules,
     sub,
+    volume_mounts_field,
+    volumes_field,
 )
 
 MSG_APPREF_NS_REMOVED = "appRef.namespace is immutable: it cannot be removed once set"
@@ -36,6 +44,12 @@ MSG_MIN_ZERO = "autoscaling.minReplicas: 0 is allowed only with autoscaling.queu
 MSG_NO_SIGNAL = "autoscaling needs at least one of cpu, memory or queueLength"
 MSG_BUILTIN_RESOURCES = "autoscaling.cpu and autoscaling.memory cannot be combined with queueLength.engine builtin; use engine keda to scale on both"
 MSG_SOLO = "concurrency must be 1 when pool is solo"
+MSG_SOLO_READINESS = (
+    "probes.readiness cannot be enabled with pool solo: a solo worker answers no ping while it "
+    "runs a task, so it would turn not Ready whenever it is busy (and Kubernetes removes "
+    "not-Ready pods first when scaling down)"
+)
+MAIN_CONTAINER = "worker"
 KIND = "CeleryWorkerPool"
 PLURAL = "celeryworkerpools"
 
@@ -128,8 +142,36 @@ class LivenessProbe(Model):
     )
 
 
+class ReadinessProbe(Model):
+    """Opt-in. Without it a worker pod is Ready as soon as its container runs: no traffic is
+    routed to workers, so readiness only paces rollouts, counts in the pool's READY and
+    guards the PodDisruptionBudget. With it, a worker is Ready only once it answers a ping
+    through the broker (Celery answers from its event loop, which starts after its task
+    consumers): a rollout (maxUnavailable 0) waits for new workers that really consume
+    before it stops old ones, and a worker that lost the broker is not counted Ready. A
+    worker drained before a scale-down still answers and stays Ready. Each probe runs a
+    Python process that imports the app and sends one broadcast message, hence off by
+    default. Brokers without broadcast (SQS) cannot carry the ping: there it only checks
+    that the broker can be reached."""
+
+    enabled: bool = Field(default=False, description="Run the readiness probe.")
+    initial_delay_seconds: int = Field(
+        default=5, ge=0, le=3600, description="Seconds after the start before the first probe."
+    )
+    period_seconds: int = Field(default=30, ge=1, le=3600, description="Seconds between probes.")
+    timeout_seconds: int = Field(
+        default=10, ge=1, le=3600, description="Seconds the worker has to answer."
+    )
+    failure_threshold: int = Field(
+        default=3, ge=1, le=100, description="Failed probes in a row before the pod is not Ready."
+    )
+
+
 class ProbesSpec(Model):
     liveness: LivenessProbe = sub(LivenessProbe, "The worker liveness probe.")
+    readiness: ReadinessProbe = sub(
+        ReadinessProbe, "An opt-in worker readiness probe (off: Ready when the container runs)."
+    )
 
 
 class UpdateStrategy(Model):
@@ -279,6 +321,9 @@ class ScaleDownSpec(Model):
     )
 
 
+_POD = pod_additions_descriptions(MAIN_CONTAINER, "worker")
+
+
 class CeleryWorkerPoolSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": rules(
@@ -286,6 +331,11 @@ class CeleryWorkerPoolSpec(Model):
                 "self.pool != 'solo' || self.concurrency == 1",
                 MSG_SOLO,
             ),
+            (
+                "self.pool != 'solo' || !self.probes.readiness.enabled",
+                MSG_SOLO_READINESS,
+            ),
+            distinct_containers("self"),
         )
     }
 
@@ -350,6 +400,10 @@ class CeleryWorkerPoolSpec(Model):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Added to the app's pod labels."
     )
+    volumes: list[Volume] = volumes_field(_POD["volumes"])
+    volume_mounts: list[VolumeMount] = volume_mounts_field(_POD["volumeMounts"])
+    init_containers: list[Container] = containers_field(MAIN_CONTAINER, _POD["initContainers"])
+    sidecars: list[Container] = containers_field(MAIN_CONTAINER, _POD["sidecars"], sidecars=True)
     shutdown: ShutdownSpec = sub(ShutdownSpec, "Graceful shutdown.")
     probes: ProbesSpec = sub(ProbesSpec, "Worker probes.")
     update_strategy: UpdateStrategy = sub(UpdateStrategy, "Rolling update of the workers.")

@@ -40,6 +40,7 @@ NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 APP_INVALID = "AppInvalid"
 BROKER_UNREADABLE = "BrokerUnreadable"
 CHILD_CONFLICT = "ChildConflict"
+CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a rendered child (422 Invalid)
 
 # ---- binding ------------------------------------------------------------------------------
 BOUND = "Bound"
@@ -50,6 +51,7 @@ AVAILABLE = "Available"
 SCALED_TO_ZERO = "ScaledToZero"
 PROGRESSING = "Progressing"
 ROLLOUT_FAILED = "RolloutFailed"
+FAILED_CREATE = "FailedCreate"  # the ReplicaSet cannot create pods (Pod Security, quota ...)
 ROLLING_OUT = "RollingOut"
 COMPLETE = "Complete"
 PAUSED = "Paused"

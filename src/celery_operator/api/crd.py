@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from celery_operator.api.base import GROUP, K8S_REF, VERSION
+from celery_operator.api.base import GROUP, K8S_NAME_MAX_LENGTH, K8S_REF, VERSION
 from celery_operator.api.kinds import KINDS, Kind
 
 CATEGORY = "celery"
@@ -60,7 +60,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     node.pop("title", None)
     if K8S_REF in node:
         ref = node.pop(K8S_REF)
+        name_max = node.pop(K8S_NAME_MAX_LENGTH, None)
         base = _inline_k8s(ref)
+        if name_max is not None:
+            base["properties"]["name"]["maxLength"] = name_max
         if "description" in node:
             base["description"] = node["description"]
         return {**base, **{k: v for k, v in node.items() if k != "description"}}

@@ -10,16 +10,28 @@ from celery_operator.api.base import (
     API_VERSION,
     DNS_SUBDOMAIN,
     Conditions,
+    Container,
+    EnvFromSource,
+    EnvVar,
+    Lifecycle,
     Model,
     ResourceRequirements,
     SecretKeySelector,
+    Volume,
+    VolumeMount,
+    containers_field,
+    distinct_containers,
+    pod_additions_descriptions,
     rules,
     sub,
+    volume_mounts_field,
+    volumes_field,
 )
 
 MSG_INGRESS_HOST = "ingress.host is required when ingress.enabled is true"
 MSG_INGRESS_PATH = "ingress.path must start with '/'"
 MSG_URL_PREFIX = "urlPrefix must not start or end with '/' (e.g. flower or tools/flower)"
+MAIN_CONTAINER = "flower"
 KIND = "Flower"
 PLURAL = "flowers"
 
@@ -69,6 +81,9 @@ class IngressSpec(Model):
     tls: IngressTLS = sub(IngressTLS, "TLS of the Ingress.")
 
 
+_POD = pod_additions_descriptions(MAIN_CONTAINER, "Flower")
+
+
 class FlowerSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": rules(
@@ -76,6 +91,7 @@ class FlowerSpec(Model):
                 "self.urlPrefix == '' || (!self.urlPrefix.startsWith('/') && !self.urlPrefix.endsWith('/'))",
                 MSG_URL_PREFIX,
             ),
+            distinct_containers("self"),
         )
     }
 
@@ -94,8 +110,35 @@ class FlowerSpec(Model):
         default=None, description="Compute resources of the Flower container."
     )
     extra_args: list[str] = Field(
-        default_factory=list, description="Extra arguments appended to `celery flower`."
+        default_factory=list,
+        description=(
+            "Extra arguments appended to `celery flower`, e.g. --auth=.*@example\\.com "
+            "--auth_provider=flower.views.auth.GoogleAuth2LoginHandler (Flower's own options)."
+        ),
     )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        description=(
+            "Environment variables of the flower container, added to the app's env (a name "
+            "given again here wins), e.g. Flower's FLOWER_OAUTH2_KEY, FLOWER_OAUTH2_SECRET "
+            "(from a Secret, with valueFrom.secretKeyRef) and FLOWER_OAUTH2_REDIRECT_URI."
+        ),
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, description="Environment sources added to the app's envFrom."
+    )
+    lifecycle: Lifecycle | None = Field(
+        default=None,
+        description=(
+            "Lifecycle hooks of the flower container (core/v1 Lifecycle, verbatim), e.g. a "
+            "preStop sleep so that an Ingress controller stops sending requests before Flower "
+            "stops."
+        ),
+    )
+    volumes: list[Volume] = volumes_field(_POD["volumes"])
+    volume_mounts: list[VolumeMount] = volume_mounts_field(_POD["volumeMounts"])
+    init_containers: list[Container] = containers_field(MAIN_CONTAINER, _POD["initContainers"])
+    sidecars: list[Container] = containers_field(MAIN_CONTAINER, _POD["sidecars"], sidecars=True)
 
 
 class FlowerStatus(Model):

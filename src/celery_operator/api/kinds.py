@@ -176,6 +176,10 @@ POOL = Kind(
         _col("Busy", ".status.workers.summary"),
         _col("Autoscaling", ".status.autoscaler.summary"),
         _AGE,
+        # -o wide: who sets the replicas (hpa, keda, builtin; empty: spec.replicas) and how
+        # many the worker Deployment is asked for.
+        _col("Engine", ".status.autoscaler.engine", priority=1),
+        _col("Desired", ".status.replicas", "integer", priority=1),
         _col("Accepted", '.status.conditions[?(@.type=="Accepted")].status', priority=1),
         _col("Reason", '.status.conditions[?(@.type=="Ready")].reason', priority=1),
     ),

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from celery_operator.api.conditions import CHILD_CONFLICT, Blocker
+from celery_operator.api.conditions import CHILD_CONFLICT, CHILD_REJECTED, Blocker
 from celery_operator.api.kinds import Kind, child_kinds
 from celery_operator.api.labels import HASH_ANNOTATION
 from celery_operator.controllers.cache import Cache, Ident, ident
@@ -72,8 +72,8 @@ class Context:
         self, owner_uid: str, desired: Iterable[Mapping[str, Any]] | None, watch: Ident
     ) -> tuple[dict[str, Any] | None, Blocker | None]:
         """Applies the desired children (None: changes none). Returns the child `watch`
-        as it is now (the status follows it) and the ChildConflict that stopped the apply,
-        if one did."""
+        as it is now (the status follows it) and the ChildConflict or ChildRejected that
+        stopped the apply, if one did."""
         cached = self.cache.child(owner_uid, *watch)
         if desired is None:
             return cached, None
@@ -81,6 +81,13 @@ class Context:
             live = self.sync_children(owner_uid, desired)
         except ChildConflictError as e:
             return cached, Blocker(CHILD_CONFLICT, str(e))
+        except client.ApiError as e:
+            # What the schema cannot tell about users' containers (requests above limits,
+            # probes on an init container that is not a sidecar, ...): the apiserver's
+            # answer, in Ready, instead of a reconcile that fails forever in the log.
+            if e.status != 422:
+                raise
+            return cached, Blocker(CHILD_REJECTED, f"the apiserver refuses it: {e.message}")
         return live.get(watch) or cached, None
 
     def sync_children(

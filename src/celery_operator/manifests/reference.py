@@ -29,6 +29,7 @@ from celery_operator.api.conditions import (
     BOUND,
     BROKER_UNREACHABLE,
     CHILD_CONFLICT,
+    CHILD_REJECTED,
     COMPLETE,
     COMPONENTS_UNAVAILABLE,
     CONNECTING,
@@ -79,14 +80,22 @@ def _r(status: str, reason: str, meaning: str) -> Reason:
     return Reason(status, reason, meaning)
 
 
+_REJECTED = (
+    "The apiserver refuses a child rendered from the spec (422 Invalid), most often for "
+    "something in users' containers that the schema cannot check (requests above limits, "
+    "probes on an init container that is not a sidecar); the message is its answer, which "
+    "names the field of the child. Pods already running are left as they are."
+)
+
 _BLOCKED_POOL = (
     _r(
         "False",
         "InvalidSpec",
         "The spec is invalid (it got past a disabled webhook), or it cannot work with its "
         "app: engine builtin with a broker other than Redis/RabbitMQ, engine keda without "
-        "KEDA installed, an sqs:// broker without queueLength.sqs. Nothing is created from "
-        "it; workers already running are left as they are.",
+        "KEDA installed, an sqs:// broker without queueLength.sqs, volumes or mounts that "
+        "collide with the app's podDefaults. Nothing is created from it; workers already "
+        "running are left as they are.",
     ),
     _r(
         "False",
@@ -107,6 +116,7 @@ _BLOCKED_POOL = (
         "An object with a child's name exists and is not controlled by this pool (made by "
         "hand or by someone else): the operator never takes it over. Rename or delete it.",
     ),
+    _r("False", CHILD_REJECTED, _REJECTED),
     _r(
         "False",
         "AppNotFound",
@@ -128,6 +138,13 @@ _ROLLOUT_READY = (
         "RolloutFailed",
         "The Deployment exceeded its progress deadline (ProgressDeadlineExceeded); the "
         "message is the Deployment's.",
+    ),
+    _r(
+        "False",
+        "FailedCreate",
+        "The apiserver refuses to create the pods (the Deployment's ReplicaFailure): the "
+        "message is its answer, e.g. a sidecar or init container that does not meet the "
+        "namespace's Pod Security level, an exceeded ResourceQuota, a LimitRange.",
     ),
 )
 
@@ -182,6 +199,7 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                     "ChildConflict",
                     "The beat Deployment's name is taken by an object the app does not control.",
                 ),
+                _r("False", CHILD_REJECTED, _REJECTED),
             ),
         ),
         ConditionDoc(
@@ -193,6 +211,7 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                 _r("False", PAUSED, "`spec.paused` is true: children are not changed."),
                 _r("False", INVALID_SPEC, "Nothing is created from an invalid spec."),
                 _r("False", CHILD_CONFLICT, "As Ready."),
+                _r("False", CHILD_REJECTED, "As Ready."),
             ),
         ),
         ConditionDoc(
@@ -203,6 +222,7 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                 _r("False", AS_EXPECTED, "Nothing unexplained is missing."),
                 _r("False", INVALID_SPEC, "See Ready."),
                 _r("True", CHILD_CONFLICT, "See Ready."),
+                _r("True", CHILD_REJECTED, "See Ready."),
             ),
         ),
     ),
@@ -333,9 +353,15 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
             (
                 *_ROLLOUT_READY,
                 *_pod_problems("Flower"),
-                _r("False", INVALID_SPEC, "See Accepted."),
+                _r(
+                    "False",
+                    INVALID_SPEC,
+                    "See Accepted; or (Accepted True) the Flower's volumes or mounts collide "
+                    "with the app's podDefaults: nothing is rendered until one side changes.",
+                ),
                 _r("False", APP_INVALID, "The app's spec is invalid; nothing is rendered."),
                 _r("False", CHILD_CONFLICT, "A child's name is taken by a foreign object."),
+                _r("False", CHILD_REJECTED, _REJECTED),
                 _r("False", APP_NOT_FOUND, "See Accepted."),
             ),
         ),
@@ -346,7 +372,13 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                 *_ROLLOUT_RECONCILING,
                 *(
                     _r("False", r, "As Ready.")
-                    for r in (INVALID_SPEC, APP_INVALID, CHILD_CONFLICT, APP_NOT_FOUND)
+                    for r in (
+                        INVALID_SPEC,
+                        APP_INVALID,
+                        CHILD_CONFLICT,
+                        CHILD_REJECTED,
+                        APP_NOT_FOUND,
+                    )
                 ),
             ),
         ),

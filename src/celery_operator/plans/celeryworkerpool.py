@@ -50,6 +50,7 @@ from celery_operator.validation.celeryworkerpool import (
     binding_reason,
     validate_pool,
     validate_pool_binding,
+    validate_pool_pods,
 )
 
 BROKER, RESULT_BACKEND = "broker", "resultBackend"
@@ -229,6 +230,9 @@ def plan_pool(i: PoolInputs) -> PoolPlan:
 
 def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: PoolPlan) -> PoolPlan:
     engine = render_autoscaling.autoscaler_engine(pool)
+    # Checked on every pass: a status-only pass must not report Ready over it.
+    if pod_errors := errors(validate_pool_pods(pool, app)):
+        return dataclasses.replace(base, blocked=Blocker(INVALID_SPEC, format_problems(pod_errors)))
     if not i.apply or app.spec.paused:
         return _plan_unchanged(i, pool, app, base, engine)
     broker = _broker(i)

@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from celery_operator.api.celeryapp import CeleryApp
-from celery_operator.api.conditions import CHILD_CONFLICT, INVALID_SPEC, READY, Blocker
+from celery_operator.api.conditions import (
+    CHILD_CONFLICT,
+    CHILD_REJECTED,
+    INVALID_SPEC,
+    READY,
+    Blocker,
+)
 from celery_operator.validation import errors, format_problems, model_problems
 from celery_operator.validation.celeryapp import validate_app
 
@@ -43,14 +49,15 @@ def app_problems(app: CeleryApp) -> str:
 
 
 def kept_block(old: Mapping[str, Any] | None, generation: object) -> Blocker | None:
-    """A status-only pass applies nothing, so it cannot see a name conflict: it keeps the
-    ChildConflict that the last full reconcile of this generation reported, instead of
-    reporting Ready from the children that did get created."""
+    """A status-only pass applies nothing, so it cannot see a name conflict or a child the
+    apiserver refuses: it keeps the ChildConflict or ChildRejected that the last full
+    reconcile of this generation reported, instead of reporting Ready from the children
+    that did get created."""
     for c in (old or {}).get("conditions") or []:
         if (
             c.get("type") == READY
-            and c.get("reason") == CHILD_CONFLICT
+            and c.get("reason") in (CHILD_CONFLICT, CHILD_REJECTED)
             and c.get("observedGeneration") == generation
         ):
-            return Blocker(CHILD_CONFLICT, str(c.get("message", "")))
+            return Blocker(str(c["reason"]), str(c.get("message", "")))
     return None

@@ -28,7 +28,11 @@ from celery_operator.render import common
 from celery_operator.render import flower as render
 from celery_operator.status import flower_status
 from celery_operator.validation import errors, format_problems
-from celery_operator.validation.flower import validate_flower, validate_flower_binding
+from celery_operator.validation.flower import (
+    validate_flower,
+    validate_flower_app,
+    validate_flower_binding,
+)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,8 @@ def plan_flower(i: FlowerInputs) -> FlowerPlan:
     )
     if invalid := app_problems(i.app):
         return dataclasses.replace(base, blocked=Blocker(APP_INVALID, invalid))
+    if with_app := errors(validate_flower_app(flower, i.app)):
+        return dataclasses.replace(base, blocked=Blocker(INVALID_SPEC, format_problems(with_app)))
     if not i.apply or i.app.spec.paused:
         generation = i.body["metadata"].get("generation")
         kept = None if i.apply else kept_block(i.body.get("status"), generation)

@@ -47,8 +47,15 @@ def build_beat_deployment(app: CeleryApp, owner: dict[str, Any] | None) -> dict[
     pod_meta: dict[str, Any] = {"labels": c.merge_labels(d.labels, own=labels)}
     if d.annotations:
         pod_meta["annotations"] = dict(d.annotations)
+    b = app.spec.beat
     cont = c.container(
-        "beat", app.spec.image, app, build_beat_args(app), c.app_env(app), app.spec.beat.resources
+        "beat",
+        app.spec.image,
+        app,
+        build_beat_args(app),
+        c.app_env(app),
+        b.resources,
+        b.volume_mounts,
     )
     return copy.deepcopy(
         {
@@ -62,7 +69,16 @@ def build_beat_deployment(app: CeleryApp, owner: dict[str, Any] | None) -> dict[
                 "selector": {"matchLabels": selector_labels(app)},
                 "strategy": {"type": "Recreate"},
                 "revisionHistoryLimit": 5,
-                "template": {"metadata": pod_meta, "spec": c.pod_spec(app, [cont])},
+                "template": {
+                    "metadata": pod_meta,
+                    "spec": c.pod_spec(
+                        app,
+                        [cont],
+                        volumes=b.volumes,
+                        init_containers=b.init_containers,
+                        sidecars=b.sidecars,
+                    ),
+                },
             },
         }
     )

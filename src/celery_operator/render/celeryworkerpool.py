@@ -48,6 +48,37 @@ sys.exit(1)
 """
 
 
+# The opt-in readiness probe: Ready once this worker answers a ping through the broker.
+# Celery answers remote control only from its event loop, which starts after the task
+# consumers: a worker that answers consumes its queues. Unlike liveness, a broker that
+# cannot be reached fails it: such a worker consumes nothing. A worker told to stop
+# consuming (a drain before scale-down) still answers, so drains do not turn the pool
+# not Ready. The ping timeout is the script's argument. Without broadcast (SQS) only the
+# broker is checked.
+READINESS_SCRIPT = """\
+import os, socket, sys
+from celery.app.utils import find_app
+app = find_app(os.environ["CELERY_APP"])
+node = os.environ["CELERY_WORKER_NODE"].replace("%h", socket.gethostname())
+timeout = float(sys.argv[1])
+try:
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+        broadcast = "fanout" in conn.transport.implements.exchange_type
+except Exception as exc:
+    print(f"broker unreachable, not ready: {type(exc).__name__}")
+    sys.exit(1)
+if not broadcast:
+    print("this broker has no remote control (e.g. SQS): the broker answers, that is all")
+    sys.exit(0)
+replies = app.control.ping(destination=[node], timeout=timeout)
+if any(node in r for r in replies):
+    sys.exit(0)
+print(f"{node} did not answer a ping within {timeout}s")
+sys.exit(1)
+"""
+
+
 # The worker's launcher: Celery's own `celery` command, run in this process, after choosing
 # how SIGTERM stops the worker. The soft shutdown (REMAP_SIGTERM=SIGQUIT, then
 # worker_soft_shutdown_timeout seconds for running tasks) exists since Celery 5.5. Older
@@ -166,6 +197,19 @@ def build_liveness_probe(pool: CeleryWorkerPool) -> dict[str, Any]:
     }
 
 
+def build_readiness_probe(pool: CeleryWorkerPool) -> dict[str, Any]:
+    p = pool.spec.probes.readiness
+    return {
+        "exec": {"command": ["python", "-c", READINESS_SCRIPT, str(p.timeout_seconds)]},
+        "initialDelaySeconds": p.initial_delay_seconds,
+        "periodSeconds": p.period_seconds,
+        # The ping's own timeout is timeoutSeconds; the process needs a little more to boot.
+        "timeoutSeconds": p.timeout_seconds + 10,
+        "failureThreshold": p.failure_threshold,
+        "successThreshold": 1,
+    }
+
+
 def build_worker_deployment(
     app: CeleryApp,
     pool: CeleryWorkerPool,
@@ -191,12 +235,15 @@ def build_worker_deployment(
         build_worker_args(app, pool),
         build_worker_env(app, pool, connection_secret),
         s.resources,
+        s.volume_mounts,
     )
     cont["command"] = ["python", "-c", LAUNCHER_SCRIPT]
     if s.env_from:
         cont["envFrom"] = [*cont.get("envFrom", []), *(dict(e) for e in s.env_from)]
     if s.probes.liveness.enabled:
         cont["livenessProbe"] = build_liveness_probe(pool)
+    if s.probes.readiness.enabled:
+        cont["readinessProbe"] = build_readiness_probe(pool)
 
     pod_template_meta: dict[str, Any] = {"labels": pod_labels}
     if annotations:
@@ -222,6 +269,9 @@ def build_worker_deployment(
                 priority_class_name=s.priority_class_name,
                 topology_spread_constraints=s.topology_spread_constraints,
                 termination_grace_period_seconds=s.shutdown.termination_grace_period_seconds,
+                volumes=s.volumes,
+                init_containers=s.init_containers,
+                sidecars=s.sidecars,
             ),
         },
     }

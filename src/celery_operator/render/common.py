@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from celery_operator.api.base import API_VERSION
@@ -182,13 +182,26 @@ def pod_spec(
     priority_class_name: str = "",
     topology_spread_constraints: list[dict[str, Any]] | None = None,
     termination_grace_period_seconds: int | None = None,
+    volumes: Sequence[Mapping[str, Any]] = (),
+    init_containers: Sequence[Mapping[str, Any]] = (),
+    sidecars: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """A pod spec with the app's podDefaults; the given overrides win when non-empty."""
+    """A pod spec with the app's podDefaults; the given overrides win when non-empty.
+
+    Volumes: the operator's 'tmp', the app's podDefaults.volumes, then the component's.
+    Init containers: the component's, as written, then its sidecars as native sidecars."""
     d = app.spec.pod_defaults
-    spec: dict[str, Any] = {
+    spec: dict[str, Any] = {}
+    init = [*(copy.deepcopy(dict(c)) for c in init_containers), *map(native_sidecar, sidecars)]
+    if init:
+        spec["initContainers"] = init
+    spec |= {
         "containers": containers,
         "securityContext": copy.deepcopy(d.security_context or DEFAULT_POD_SECURITY_CONTEXT),
-        "volumes": [copy.deepcopy(TMP_VOLUME)],
+        "volumes": [
+            copy.deepcopy(TMP_VOLUME),
+            *(copy.deepcopy(dict(v)) for v in (*d.volumes, *volumes)),
+        ],
         "enableServiceLinks": False,
     }
     if d.service_account_name:
@@ -214,6 +227,12 @@ def pod_spec(
     return spec
 
 
+def native_sidecar(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A user's sidecar as a Kubernetes native sidecar: an init container that restarts
+    Always, started before the main container and stopped after it. Otherwise verbatim."""
+    return {**copy.deepcopy(dict(c)), "restartPolicy": "Always"}
+
+
 def container(
     name: str,
     image: str,
@@ -221,7 +240,10 @@ def container(
     args: list[str],
     env: list[dict[str, Any]],
     resources: dict[str, Any] | None,
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
+    """The operator's container of a component: its mounts are 'tmp', the app's
+    podDefaults.volumeMounts, then the component's `volume_mounts`."""
     c: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -230,7 +252,13 @@ def container(
         "args": args,
         "env": env,
         "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
-        "volumeMounts": [dict(TMP_MOUNT)],
+        "volumeMounts": [
+            dict(TMP_MOUNT),
+            *(
+                copy.deepcopy(dict(m))
+                for m in (*app.spec.pod_defaults.volume_mounts, *volume_mounts)
+            ),
+        ],
         # A container that crashes leaves the tail of its log in its status, which the
         # operator reports in Ready's message (an app path that does not import, ...).
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -60,7 +60,7 @@ def build_flower_env(app: CeleryApp, flower: Flower) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": dict(flower.spec.basic_auth.secret_ref)},
             }
         )
-    return c.merge_env(c.app_env(app), ours)
+    return c.merge_env(c.app_env(app), ours, flower.spec.env)
 
 
 def _probe(flower: Flower, period: int, failures: int) -> dict[str, Any]:
@@ -88,10 +88,15 @@ def build_flower_deployment(
         build_flower_args(app, flower),
         build_flower_env(app, flower),
         s.resources,
+        s.volume_mounts,
     )
+    if s.env_from:
+        cont["envFrom"] = [*cont.get("envFrom", []), *(dict(e) for e in s.env_from)]
     cont["ports"] = [{"name": PORT_NAME, "containerPort": s.port, "protocol": "TCP"}]
     cont["readinessProbe"] = _probe(flower, 10, 3)
     cont["livenessProbe"] = {**_probe(flower, 30, 4), "initialDelaySeconds": 30}
+    if s.lifecycle:
+        cont["lifecycle"] = copy.deepcopy(dict(s.lifecycle))
     return copy.deepcopy(
         {
             "apiVersion": "apps/v1",
@@ -105,7 +110,16 @@ def build_flower_deployment(
                 "selector": {"matchLabels": selector_labels(flower)},
                 "strategy": {"type": "Recreate"},
                 "revisionHistoryLimit": 5,
-                "template": {"metadata": pod_meta, "spec": c.pod_spec(app, [cont])},
+                "template": {
+                    "metadata": pod_meta,
+                    "spec": c.pod_spec(
+                        app,
+                        [cont],
+                        volumes=s.volumes,
+                        init_containers=s.init_containers,
+                        sidecars=s.sidecars,
+                    ),
+                },
             },
         }
     )

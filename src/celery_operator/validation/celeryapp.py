@@ -5,7 +5,26 @@ from __future__ import annotations
 from celery_operator.api import celeryapp as api
 from celery_operator.api.celeryapp import CeleryApp, ConnectionSpec
 from celery_operator.brokerurl import BrokerURLError, parse_broker_url
-from celery_operator.validation.common import Problem, image_tag_warning
+from celery_operator.validation.common import (
+    PodPart,
+    Problem,
+    image_tag_warning,
+    inherited_pod_problems,
+    own_pod_problems,
+)
+
+NO_DEFAULTS = PodPart("spec.podDefaults")
+
+
+def pod_defaults_part(app: CeleryApp) -> PodPart:
+    """What the app adds to every pod of it (workers, beat, Flower)."""
+    d = app.spec.pod_defaults
+    return PodPart("spec.podDefaults", d.volumes, d.volume_mounts)
+
+
+def beat_part(app: CeleryApp) -> PodPart:
+    b = app.spec.beat
+    return PodPart("spec.beat", b.volumes, b.volume_mounts, b.init_containers, b.sidecars)
 
 
 def _connection(path: str, conn: ConnectionSpec | None) -> list[Problem]:
@@ -34,6 +53,11 @@ def validate_app(app: CeleryApp) -> list[Problem]:
     s = app.spec
     problems = _connection("spec.broker", s.broker)
     problems += _connection("spec.resultBackend", s.result_backend)
+    defaults = pod_defaults_part(app)
+    problems += own_pod_problems(defaults, None)
+    problems += inherited_pod_problems(defaults, NO_DEFAULTS)
+    problems += own_pod_problems(beat_part(app), api.BEAT_CONTAINER)
+    problems += inherited_pod_problems(beat_part(app), defaults)
     if (w := image_tag_warning("spec.image", s.image)) is not None:
         problems.append(w)
     return problems

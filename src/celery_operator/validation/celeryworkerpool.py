@@ -10,10 +10,29 @@ from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.conditions import APP_NOT_FOUND, NAMESPACE_NOT_ALLOWED, Blocker
 from celery_operator.brokerurl import BrokerURL
-from celery_operator.validation.common import Problem, image_tag_warning, selector_matches
+from celery_operator.validation.celeryapp import pod_defaults_part
+from celery_operator.validation.common import (
+    PodPart,
+    Problem,
+    image_tag_warning,
+    inherited_pod_problems,
+    own_pod_problems,
+    selector_matches,
+)
 
 BUILTIN_FAMILIES = ("redis", "amqp")
 KEDA_FAMILIES = ("redis", "amqp", "sqs")
+
+
+def pod_part(pool: CeleryWorkerPool) -> PodPart:
+    s = pool.spec
+    return PodPart("spec", s.volumes, s.volume_mounts, s.init_containers, s.sidecars)
+
+
+def validate_pool_pods(pool: CeleryWorkerPool, app: CeleryApp) -> list[Problem]:
+    """The pool's volumes and mounts added to its app's podDefaults (needs no broker: the
+    controller checks it on status-only passes too)."""
+    return inherited_pod_problems(pod_part(pool), pod_defaults_part(app))
 
 
 def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
@@ -22,6 +41,9 @@ def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
     problems: list[Problem] = []
     if s.pool == "solo" and s.concurrency != 1:
         problems.append(Problem("spec.concurrency", api.MSG_SOLO))
+    if s.pool == "solo" and s.probes.readiness.enabled:
+        problems.append(Problem("spec.probes.readiness.enabled", api.MSG_SOLO_READINESS))
+    problems += own_pod_problems(pod_part(pool), api.MAIN_CONTAINER)
     if s.shutdown.soft_shutdown_timeout >= s.shutdown.termination_grace_period_seconds:
         problems.append(Problem("spec.shutdown.softShutdownTimeout", api.MSG_SOFT_SHUTDOWN))
     a = s.autoscaling
@@ -98,6 +120,8 @@ def validate_pool_binding(pool: CeleryWorkerPool, ctx: PoolContext) -> list[Prob
                 warning=reason.reason == APP_NOT_FOUND,
             )
         )
+    if ctx.app is not None:
+        problems += validate_pool_pods(pool, ctx.app)
     ql = pool.spec.autoscaling.queue_length if pool.spec.autoscaling else None
     if ql is not None:
         b = ctx.broker

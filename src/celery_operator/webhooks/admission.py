@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,13 +15,20 @@ from celery_operator.api.kinds import APP, BY_PLURAL, FLOWER, KINDS, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.validation import Problem, errors, format_problems, model_problems, warnings
-from celery_operator.validation.celeryapp import validate_app
+from celery_operator.validation.celeryapp import pod_defaults_part, validate_app
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
     validate_pool,
     validate_pool_binding,
 )
-from celery_operator.validation.flower import validate_flower, validate_flower_binding
+from celery_operator.validation.celeryworkerpool import pod_part as pool_pod_part
+from celery_operator.validation.common import inherited_pod_problems
+from celery_operator.validation.flower import pod_part as flower_pod_part
+from celery_operator.validation.flower import (
+    validate_flower,
+    validate_flower_app,
+    validate_flower_binding,
+)
 from celery_operator.webhooks.lookup import Lookup
 from celery_operator.webhooks.review import (
     Request,
@@ -94,7 +102,49 @@ def validate_app_request(req: Request, lookup: Lookup) -> list[Problem]:
         app = CeleryApp.model_validate(req.obj)
     except ValidationError as e:
         return model_problems(e)
-    return validate_app(app)
+    problems = validate_app(app)
+    if not errors(problems):
+        problems += dependents_warnings(app, lookup)
+    return problems
+
+
+def dependents_warnings(app: CeleryApp, lookup: Lookup) -> list[Problem]:
+    """Pools and Flowers of the app whose volumes or mounts the app's podDefaults now
+    collide with, or no longer provide: warnings (their owners must adapt; those objects
+    turn Ready=False InvalidSpec and keep their running pods until then)."""
+    ns, name = app.metadata["namespace"], app.metadata["name"]
+    defaults = pod_defaults_part(app)
+    found: list[tuple[str, list[Problem]]] = []
+    for body in lookup.pools_of_app(ns, name):
+        with contextlib.suppress(ValidationError, KeyError):
+            pool = CeleryWorkerPool.model_validate(body)
+            meta = pool.metadata
+            found.append(
+                (
+                    f"CeleryWorkerPool {meta['namespace']}/{meta['name']}",
+                    inherited_pod_problems(pool_pod_part(pool), defaults),
+                )
+            )
+    for body in lookup.flowers(ns):
+        with contextlib.suppress(ValidationError, KeyError):
+            flower = Flower.model_validate(body)
+            if flower.spec.app_ref.name == name:
+                found.append(
+                    (
+                        f"Flower {ns}/{flower.metadata['name']}",
+                        inherited_pod_problems(flower_pod_part(flower), defaults),
+                    )
+                )
+    return [
+        Problem(
+            "spec.podDefaults",
+            f"{who}: {problem}; it is not updated (Ready=False InvalidSpec) until it or "
+            "this app changes",
+            warning=True,
+        )
+        for who, problems in found
+        for problem in problems
+    ]
 
 
 def broker_of(app: CeleryApp, lookup: Lookup) -> BrokerURL | None:
@@ -162,7 +212,12 @@ def validate_flower_request(req: Request, lookup: Lookup) -> list[Problem]:
         and f["metadata"]["name"] != req.name
     ]
     problems += validate_flower_binding(flower, others)
-    if lookup.app(req.namespace, flower.spec.app_ref.name) is None:
+    app_body = lookup.app(req.namespace, flower.spec.app_ref.name)
+    if app_body is not None:
+        # An app that does not parse: its own status says why.
+        with contextlib.suppress(ValidationError):
+            problems += validate_flower_app(flower, CeleryApp.model_validate(app_body))
+    else:
         problems.append(
             Problem(
                 "spec.appRef.name",

@@ -72,14 +72,37 @@ def _ref(path: str, use: str, selector: Any, name_field: str = "name") -> list[S
     return [SecretRef(f"{path}.{name_field}", use, name, key if isinstance(key, str) else "")]
 
 
-def _env_refs(spec: Mapping[str, Any]) -> list[SecretRef]:
-    """`env[].valueFrom.secretKeyRef` and `envFrom[].secretRef` (core/v1 EnvVar, EnvFromSource)."""
+def _env_refs(spec: Mapping[str, Any], path: str = "spec") -> list[SecretRef]:
+    """`env[].valueFrom.secretKeyRef` and `envFrom[].secretRef` (core/v1 EnvVar, EnvFromSource)
+    of a spec or a container at `path`."""
     refs: list[SecretRef] = []
     for i, var in enumerate(_list(spec.get("env"))):
         value_from = _map(_map(var).get("valueFrom"))
-        refs += _ref(f"spec.env[{i}].valueFrom.secretKeyRef", "env", value_from.get("secretKeyRef"))
+        refs += _ref(
+            f"{path}.env[{i}].valueFrom.secretKeyRef", "env", value_from.get("secretKeyRef")
+        )
     for i, source in enumerate(_list(spec.get("envFrom"))):
-        refs += _ref(f"spec.envFrom[{i}].secretRef", "envFrom", _map(source).get("secretRef"))
+        refs += _ref(f"{path}.envFrom[{i}].secretRef", "envFrom", _map(source).get("secretRef"))
+    return refs
+
+
+def _pod_refs(part: Mapping[str, Any], path: str) -> list[SecretRef]:
+    """What users add to pods at `path`: Secret volumes (`secret`, and `secret` sources of
+    `projected`), whose files the containers read, and the env of init containers and
+    sidecars. (Secrets that only the kubelet reads to mount a volume, such as
+    csi.nodePublishSecretRef, reach no container.)"""
+    refs: list[SecretRef] = []
+    for i, volume in enumerate(_list(part.get("volumes"))):
+        here = f"{path}.volumes[{i}]"
+        refs += _ref(f"{here}.secret", "volume", _map(volume).get("secret"), "secretName")
+        sources = _list(_map(_map(volume).get("projected")).get("sources"))
+        for j, source in enumerate(sources):
+            refs += _ref(
+                f"{here}.projected.sources[{j}].secret", "volume", _map(source).get("secret")
+            )
+    for field in ("initContainers", "sidecars"):
+        for i, container in enumerate(_list(part.get(field))):
+            refs += _env_refs(_map(container), f"{path}.{field}[{i}]")
     return refs
 
 
@@ -90,7 +113,16 @@ def _app_refs(spec: Mapping[str, Any]) -> list[SecretRef]:
         refs += _ref(f"spec.{use}.url.secretKeyRef", use, url.get("secretKeyRef"))
     for i, pull in enumerate(_list(spec.get("imagePullSecrets"))):
         refs += _ref(f"spec.imagePullSecrets[{i}]", "imagePullSecrets", pull)
-    return refs + _env_refs(spec)
+    return (
+        refs
+        + _env_refs(spec)
+        + _pod_refs(_map(spec.get("podDefaults")), "spec.podDefaults")
+        + _pod_refs(_map(spec.get("beat")), "spec.beat")
+    )
+
+
+def _pool_refs(spec: Mapping[str, Any]) -> list[SecretRef]:
+    return _env_refs(spec) + _pod_refs(spec, "spec")
 
 
 def _flower_refs(spec: Mapping[str, Any]) -> list[SecretRef]:
@@ -99,11 +131,13 @@ def _flower_refs(spec: Mapping[str, Any]) -> list[SecretRef]:
     return [
         *_ref("spec.basicAuth.secretRef", "basicAuth", auth.get("secretRef")),
         *_ref("spec.ingress.tls", "ingressTLS", tls, name_field="secretName"),
+        *_env_refs(spec),
+        *_pod_refs(spec, "spec"),
     ]
 
 
 # Every Secret reference of every kind's spec (see the models in api/).
-_REFS = {APP.name: _app_refs, POOL.name: _env_refs, FLOWER.name: _flower_refs}
+_REFS = {APP.name: _app_refs, POOL.name: _pool_refs, FLOWER.name: _flower_refs}
 
 
 def secret_refs(kind: str, obj: Mapping[str, Any] | None) -> list[SecretRef]:
