@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from celery_operator.api.conditions import POD_PROBLEM_REASONS
+from celery_operator.api.events import EVENTS
 from celery_operator.api.labels import HASH_ANNOTATION
 from celery_operator.controllers.events import (
     EventMemory,
@@ -431,3 +432,16 @@ def test_the_memory_is_bounded() -> None:
     assert lru.get(4) == 4
     assert lru.pop(4) == 4
     assert lru.pop(4) is None
+
+
+def test_docs_list_every_event_reason_with_its_type() -> None:
+    """docs/events.md has one row per reason of api/events.py, with its type and action."""
+    text = (ROOT / "docs" / "events.md").read_text()
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].startswith("`"):
+            for reason in cells[0].replace("`", "").split(","):
+                rows[reason.strip()] = (cells[1], cells[2].strip("`"))
+    table = {e.reason: (e.type, e.action) for e in EVENTS}
+    assert rows == table
