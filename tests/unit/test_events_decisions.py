@@ -29,6 +29,7 @@ from celery_operator.controllers.events import (
 from celery_operator.k8s.events import EventRecorder, RecorderConfig
 from celery_operator.plans.celeryworkerpool import BROKER, Connection, ScalerView, plan_pool
 from celery_operator.plans.workers import WorkerPlan
+from celery_operator.scaling.workers import PoolHeartbeats
 from tests.unit.test_events_recorder import Clock, Sink, drain
 from tests.unit.test_plans import TEAM, deployment, pool_inputs
 
@@ -421,6 +422,23 @@ def test_a_bad_spec_and_an_unreachable_broker_through_the_recorder_carry_no_pass
     ], got
     assert "hunter2" not in repr(sink.created)
     assert "redis://default:***@redis.shop:6379/0" in sink.created[-1]["note"]
+
+
+def test_a_broker_being_connected_to_is_not_unreachable() -> None:
+    """Before its first attempt, a broker monitor says "connecting": LoadObserved is
+    Connecting, not BrokerUnreachable, so a new pool posts no false Warning."""
+    url = "redis://:pw@redis.shop:6379/0"
+    conns = {BROKER: Connection(url=url), "resultBackend": Connection(url=url)}
+    for error, reason in (
+        ("connecting", "Connecting"),
+        ("waiting", "Connecting"),
+        ("ConnectionError", "BrokerUnreachable"),
+    ):
+        plan = plan_pool(
+            pool_inputs(TEAM, connections=conns, heartbeats=PoolHeartbeats(False, error))
+        )
+        assert plan.load is not None
+        assert plan.load.reason == reason, error
 
 
 def test_the_memory_is_bounded() -> None:
