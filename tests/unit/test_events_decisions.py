@@ -226,7 +226,7 @@ INVALID = ("Ready", "False", "InvalidSpec", "spec.queues: at least one queue")
         (
             conds(ACCEPTED, READY_CREATING),
             conds(ACCEPTED, INVALID),
-            [("InvalidSpec", "Warning", "Spec.queues: at least one queue")],
+            [("InvalidSpec", "Warning", "spec.queues: at least one queue")],
         ),
         # the same again (a status-only pass, a resync): nothing
         (conds(ACCEPTED, INVALID), conds(ACCEPTED, INVALID), []),
@@ -234,7 +234,7 @@ INVALID = ("Ready", "False", "InvalidSpec", "spec.queues: at least one queue")
         (
             conds(INVALID),
             conds(("Ready", "False", "InvalidSpec", "spec.concurrency: must be positive")),
-            [("InvalidSpec", "Warning", "Spec.concurrency: must be positive")],
+            [("InvalidSpec", "Warning", "spec.concurrency: must be positive")],
         ),
         (
             {},

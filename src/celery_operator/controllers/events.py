@@ -81,9 +81,13 @@ RUNNING = frozenset((CREATING, ROLLING_OUT, COMPLETE, DRAINING, ROLLOUT_FAILED))
 
 
 def sentence(text: str) -> str:
-    """A condition's message as an Event's note: capitalised."""
+    """A condition's message as an Event's note: capitalised, unless it starts with a
+    field path or a name ("spec.queues: ...", "shop/shop ...")."""
     text = text.strip()
-    return text[:1].upper() + text[1:] if text else text
+    first = text.split(" ", 1)[0].rstrip(":;,")
+    if not text or any(c in first for c in "./"):
+        return text
+    return text[:1].upper() + text[1:]
 
 
 def named(obj: Body) -> str:
