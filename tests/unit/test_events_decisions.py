@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celery_operator.api.conditions import POD_PROBLEM_REASONS
+from celery_operator.api.conditions import POD_PROBLEM_REASONS, Blocker
 from celery_operator.api.events import EVENTS
 from celery_operator.api.labels import HASH_ANNOTATION
 from celery_operator.controllers.events import (
@@ -21,6 +21,7 @@ from celery_operator.controllers.events import (
     classify_apply,
     conditions_of,
     drain_event,
+    problem_event,
     rollout_done,
     rollout_finished_event,
     scale_event,
@@ -422,6 +423,19 @@ def test_a_bad_spec_and_an_unreachable_broker_through_the_recorder_carry_no_pass
     ], got
     assert "hunter2" not in repr(sink.created)
     assert "redis://default:***@redis.shop:6379/0" in sink.created[-1]["note"]
+
+
+def test_a_beat_pod_that_cannot_run_is_told_once_per_reason() -> None:
+    pull = Blocker("ImagePullBackOff", "pod shop-beat-x: container beat: ImagePullBackOff")
+    ev = problem_event(POOL, "beat", "", pull)
+    assert ev is not None
+    assert (ev.reason, ev.type, ev.note) == (
+        "ImagePullBackOff",
+        "Warning",
+        "Beat: pod shop-beat-x: container beat: ImagePullBackOff",
+    )
+    assert problem_event(POOL, "beat", "ImagePullBackOff", pull) is None
+    assert problem_event(POOL, "beat", "ImagePullBackOff", None) is None
 
 
 def test_a_broker_being_connected_to_is_not_unreachable() -> None:

@@ -219,9 +219,9 @@ EVENTS: tuple[EventReason, ...] = (
             reason,
             WARNING,
             "Observe",
-            BOUND_KINDS,
-            "Ready turned False because a pod cannot run (the pod, the container and "
-            "the kubelet's message)",
+            ALL,
+            "a pod cannot run (the pod, the container and the kubelet's message): a pool's "
+            "or Flower's Ready turned False for it, or the app's beat pod",
         )
         for reason in POD_PROBLEM_REASONS
     ),

@@ -36,6 +36,7 @@ def gather_app(ctx: Context, key: Key, apply: bool) -> AppInputs | None:
 
 
 def apply_app(ctx: Context, plan: AppPlan) -> None:
+    ctx.tell_problem(plan.body, "beat", plan.beat_problem)
     beat, conflict = ctx.apply_children(plan.body, plan.children, beat_ident(plan.key))
     ctx.follow_rollout(plan.body, beat)
     if plan.rollup_later and conflict is None:

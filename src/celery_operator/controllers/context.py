@@ -22,6 +22,7 @@ from celery_operator.controllers.events import (
     classify_apply,
     conditions_of,
     deleted_event,
+    problem_event,
     rollout_done,
     rollout_finished_event,
     status_events,
@@ -247,6 +248,12 @@ class Context:
         self.memory.rollouts.pop(key)
         if done:  # a failed one says RolloutFailed through Ready
             self.record(rollout_finished_event(owner, {"kind": "Deployment", **deployment}))
+
+    def tell_problem(self, owner: Mapping[str, Any], what: str, problem: Blocker | None) -> None:
+        """A Warning when a component's pods cannot run, once per reason."""
+        key = (owner["metadata"]["uid"], what)
+        self.record(problem_event(owner, what, self.memory.problems.get(key) or "", problem))
+        self.memory.problems.set(key, "" if problem is None else problem.reason)
 
     def write_status(self, body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> None:
         """Patches the status if it changed, and posts what changed in its conditions."""

@@ -43,6 +43,7 @@ from celery_operator.api.conditions import (
     ROLLING_OUT,
     ROLLOUT_FAILED,
     SCALING_ACTIVE,
+    Blocker,
 )
 from celery_operator.api.events import (
     BLOCKING_REASONS,
@@ -305,6 +306,14 @@ def status_events(owner: Body, old: Mapping[str, Cond], new: Mapping[str, Cond])
     return out
 
 
+def problem_event(owner: Body, what: str, old_reason: str, problem: Blocker | None) -> Event | None:
+    """A pod of `what` (the app's beat) that cannot run, once per reason: the app's Ready
+    only says "not ready: beat (...)" among its components."""
+    if problem is None or problem.reason == old_reason:
+        return None
+    return event(owner, problem.reason, sentence(f"{what}: {problem.message}"))
+
+
 # ---- memory ----------------------------------------------------------------------------
 K = TypeVar("K")
 V = TypeVar("V")
@@ -354,6 +363,8 @@ class EventMemory:
         self.rollouts: Lru[tuple[str, str], int] = Lru(size)
         # owner uid -> its conditions as last written (the cache may lag behind a write).
         self.conditions: Lru[str, dict[str, Cond]] = Lru(size)
+        # (owner uid, component) -> the reason its pods cannot run ("": they can).
+        self.problems: Lru[tuple[str, str], str] = Lru(size)
 
 
 def rollout_done(deployment: Body, generation: int) -> bool | None:
