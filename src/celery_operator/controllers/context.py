@@ -203,8 +203,9 @@ class Context:
     ) -> None:
         owner_uid = owner["metadata"]["uid"]
         self.memory.applied.pop((owner_uid, key))
-        self.memory.rollouts.pop((owner_uid, key[2]))
         api_version, kind = key[0].rsplit("/", 1)
+        if kind == "Deployment":
+            self.memory.rollouts.pop((owner_uid, key[2]))
         self.record(deleted_event(owner, {**obj, "apiVersion": api_version, "kind": kind}, why))
 
     def delete_children(self, owner: Mapping[str, Any], why: str) -> int:
