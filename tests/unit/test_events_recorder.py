@@ -154,6 +154,23 @@ def test_twenty_identical_repeats_are_one_event_with_a_count() -> None:
     assert set(patch["series"]) == {"count", "lastObservedTime"}
 
 
+def test_a_child_recreated_again_and_again_is_one_series() -> None:
+    """The related child of each repeat is a new object (a new uid): still one Event."""
+    rec, clock, sink = recorder()
+    for i in range(5):
+        pdb = {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "shop-emails", "namespace": "team-a", "uid": f"pdb-{i}"},
+        }
+        rec.record(event(pool(), "DriftRepaired", "Recreated PodDisruptionBudget x", pdb))
+        drain(rec, clock, seconds=1.0)
+    drain(rec, clock, seconds=11)
+    [body] = sink.created
+    assert sink.count_of(body["metadata"]["name"]) == 5
+    assert "uid" not in body["related"]
+
+
 def test_repeats_while_the_create_waits_are_in_it() -> None:
     rec, clock, sink = recorder()
     ev = event(pool(), "Scaled", "Scaled up Deployment shop-emails from 1 to 2 replicas")

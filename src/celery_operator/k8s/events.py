@@ -113,12 +113,12 @@ class Event:
 def event(
     body: Mapping[str, Any], reason: str, note: str, related: Mapping[str, Any] | None = None
 ) -> Event:
-    """An Event about `body` (an object as the API returns it)."""
+    """An Event about `body` (an object as the API returns it). `related` (a child) is
+    named without its uid: a child deleted and recreated ten times is one series."""
     if reason not in BY_REASON:
         raise ValueError(f"undocumented Event reason {reason!r}: add it to api/events.py")
-    return Event(
-        ObjectRef.of(body), reason, note, None if related is None else ObjectRef.of(related)
-    )
+    child = None if related is None else dataclasses.replace(ObjectRef.of(related), uid="")
+    return Event(ObjectRef.of(body), reason, note, child)
 
 
 def clean_note(note: str) -> str:
