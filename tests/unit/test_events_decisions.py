@@ -240,9 +240,10 @@ INVALID = ("Ready", "False", "InvalidSpec", "spec.queues: at least one queue")
         (
             {},
             conds(
-                ("Accepted", "False", "NamespaceNotAllowed", "no"),
-                ("Ready", "False", "NamespaceNotAllowed", "CeleryApp shop/shop does not admit"),
+                ("Accepted", "False", "NamespaceNotAllowed", "CeleryApp shop/shop does not admit"),
+                ("Ready", "False", "NamespaceNotAllowed", "no workers run (not accepted)"),
             ),
+            # Accepted says why, Ready only that nothing runs
             [("NamespaceNotAllowed", "Warning", "CeleryApp shop/shop does not admit")],
         ),
         # a pod that cannot run: once per reason, not per back-off

@@ -286,7 +286,9 @@ def status_events(owner: Body, old: Mapping[str, Cond], new: Mapping[str, Cond])
         # a pod's message (its back-off, its restart count) is not.
         new_message = r_new[1] in BLOCKING_REASONS and r_old is not None and r_old[2] != r_new[2]
         if not same_reason or new_message:
-            out.append(event(owner, r_new[1], sentence(r_new[2])))
+            # Not accepted: Ready says only that no workers run; Accepted says why.
+            why = acc_new if acc_new and acc_new[:2] == ("False", r_new[1]) else r_new
+            out.append(event(owner, r_new[1], sentence(why[2])))
     for type_ in (SCALING_ACTIVE, LOAD_OBSERVED):
         o, n = old.get(type_), new.get(type_)
         if n and n[1] == BROKER_UNREACHABLE and (o is None or o[1] != BROKER_UNREACHABLE):
