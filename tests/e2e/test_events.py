@@ -101,6 +101,26 @@ def test_a_pools_decisions_are_events_on_the_right_object(
         "Scaled up Deployment shop-emails from 1 to 3 replicas (spec.replicas is 3)"
     )
 
+    # A new pod template: a rollout, started and finished.
+    cluster.kubectl(
+        "patch", "cwp", "emails", "-n", team, "--type=merge", "-p", '{"spec":{"concurrency":6}}'
+    )
+    started = wait_event(cluster, team, "emails", "CeleryWorkerPool", "RolloutStarted")
+    assert started["message"].startswith(
+        "Rolling out a new pod template of Deployment shop-emails (generation "
+    ), started
+    wait_for(
+        "RolloutFinished for the new template",
+        lambda: any(
+            e["reason"] == "RolloutFinished"
+            and e["message"].startswith("Rolled out Deployment shop-emails: 3/3")
+            for e in events_of(cluster, team, "emails", "CeleryWorkerPool")
+        ),
+    )
+    assert "Updated" not in {
+        e["reason"] for e in events_of(cluster, team, "emails", "CeleryWorkerPool")
+    }
+
     # A child deleted by hand, 20 times: restored each time, one Event counting 20.
     for i in range(20):
         old = cluster.get("pdb", "shop-emails", team)["metadata"]["uid"]
