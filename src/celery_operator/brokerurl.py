@@ -8,6 +8,7 @@ them: `redacted()` is what logs, events and status may show.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -135,6 +136,17 @@ def parse_broker_url(url: str) -> BrokerURL:
         path=parts.path,
         query=dict(parse_qsl(parts.query)),
     )
+
+
+# scheme://user:password@ anywhere in a text: the password is everything up to the last
+# "@" before a blank (an unencoded "@" or "/" in a password is covered too).
+_URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*):\S*@")
+
+
+def redact_text(text: str) -> str:
+    """`text` with the password of every URL in it replaced by *** (what a library's error
+    message may quote): for what the operator shows that it did not compose itself."""
+    return _URL_CREDENTIALS.sub(r"\g<head>:***@", text)
 
 
 def literal_url_has_password(url: str) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_controllers import app, pool, secret
+from tests.e2e.test_events import events_of, wait_event
 from tests.support.brokers import RabbitMQServer, RedisServer
 from tests.support.cluster import Cluster, wait_for
 from tests.support.operator import OperatorProcess
@@ -103,6 +104,18 @@ def test_builtin_scales_with_a_redis_backlog(
     r.lpush("emails", *["task"] * 23)
     took = wait_replicas(cluster, namespace, math.ceil(23 / 5))
     print(f"\nbuiltin/redis: 23 waiting -> 5 replicas in {took:.2f}s (polling interval 1s)")
+    # The decision is an Event on the pool: from, to, and the scaler's why.
+    up = re.compile(
+        r"Scaled up Deployment shop-emails from \d+ to 5 replicas \(the built-in scaler: "
+        r"23 tasks waiting, (\d+|\?) running, 5 per replica\)"
+    )
+    wait_for(
+        "a Scaled Event with the scaler's reason",
+        lambda: any(
+            e["reason"] == "Scaled" and up.fullmatch(e["message"])
+            for e in events_of(cluster, namespace, "emails", "CeleryWorkerPool")
+        ),
+    )
     # Celery's priority sub-lists count too.
     r.lpush("emails" + PRIORITY_6, *["task"] * 4)
     wait_replicas(cluster, namespace, 6)
@@ -142,6 +155,20 @@ def test_unreachable_broker_leaves_replicas_and_says_so(
         msg = condition(cluster, namespace, "ScalingActive")["message"]
         assert "replicas stay as they are" in msg
         assert REDIS_PASSWORD not in msg
+        warning = wait_for(
+            "a BrokerUnreachable Event about the queue lengths",
+            lambda: next(
+                (
+                    e
+                    for e in events_of(cluster, namespace, "emails", "CeleryWorkerPool")
+                    if e["reason"] == "BrokerUnreachable"
+                    and e["message"].startswith("Cannot read queue lengths")
+                ),
+                None,
+            ),
+        )
+        assert warning["type"] == "Warning"
+        assert REDIS_PASSWORD not in json.dumps(warning)
         assert replicas(cluster, namespace) == 3
         assert operator.healthy()
     finally:
@@ -150,6 +177,7 @@ def test_unreachable_broker_leaves_replicas_and_says_so(
         "ScalingActive=True again",
         lambda: condition(cluster, namespace, "ScalingActive").get("status") == "True",
     )
+    wait_event(cluster, namespace, "emails", "CeleryWorkerPool", "BrokerReachable")
     r.delete("emails")
 
 

@@ -142,7 +142,8 @@ def pair(cluster: Cluster, alone: None) -> Iterator[tuple[OperatorProcess, Opera
         wait_for("the first operator to lead", lambda: role(a) == "leader", 30)
         b.start()
         assert role(b) == "standby", health(b)
-        assert identity(a) in health(b), "a standby shows who leads"
+        # Its health endpoint answers before its first look at the Lease: wait for that.
+        wait_for("a standby to show who leads", lambda: identity(a) in health(b), 10)
         assert lease_holder(cluster) == identity(a)
         yield a, b
     finally:

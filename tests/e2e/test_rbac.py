@@ -68,7 +68,13 @@ def installed(cluster: Cluster, operator: OperatorProcess) -> None:
             False,
         ),
         (OPERATOR, "patch", "nodes", (), False),
-        (OPERATOR, "create", "events", ("-n", "shop"), False),
+        # Events: its own, in events.k8s.io (create, and patch a series), nothing more.
+        (OPERATOR, "create", "events.events.k8s.io", ("-n", "shop"), True),
+        (OPERATOR, "patch", "events.events.k8s.io", ("-n", "team-a"), True),
+        (OPERATOR, "delete", "events.events.k8s.io", ("-n", "shop"), False),
+        (OPERATOR, "list", "events.events.k8s.io", ("-A",), False),
+        (OPERATOR, "create", "events", ("-n", "shop"), False),  # core/v1: not used
+        (WEBHOOK, "create", "events.events.k8s.io", ("-n", "shop"), False),
     ],
 )
 def test_least_privilege(

@@ -6,7 +6,7 @@ from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.kinds import APP, FLOWER, POOL, Key
-from celery_operator.controllers.context import ROLLUP_DELAY, Context, patch_status_if_changed
+from celery_operator.controllers.context import ROLLUP_DELAY, Context
 from celery_operator.plans.celeryapp import AppInputs, AppPlan, beat_ident, plan_app
 from celery_operator.plans.common import parse
 
@@ -36,15 +36,16 @@ def gather_app(ctx: Context, key: Key, apply: bool) -> AppInputs | None:
 
 
 def apply_app(ctx: Context, plan: AppPlan) -> None:
-    uid = plan.body["metadata"]["uid"]
-    beat, conflict = ctx.apply_children(uid, plan.children, beat_ident(plan.key))
+    ctx.tell_problem(plan.body, "beat", plan.beat_problem)
+    beat, conflict = ctx.apply_children(plan.body, plan.children, beat_ident(plan.key))
+    ctx.follow_rollout(plan.body, beat)
     if plan.rollup_later and conflict is None:
         # The roll-up waits like every other (ROLLUP_DELAY): the pools and Flower applied
         # with the app (one kubectl apply, one GitOps sync) are in its first status,
         # instead of a first write that says it has none.
         ctx.queue.add_soon(f"{APP.task}-status", plan.key, ROLLUP_DELAY)
         return
-    patch_status_if_changed(plan.body, APP, plan.status(beat, conflict))
+    ctx.write_status(plan.body, APP, plan.status(beat, conflict))
 
 
 def on_app_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

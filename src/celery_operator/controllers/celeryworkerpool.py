@@ -11,10 +11,11 @@ from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.kinds import APP, POOL, Key, pool_app_key
 from celery_operator.controllers import metrics
-from celery_operator.controllers.context import ROLLUP_DELAY, Context, patch_status_if_changed
+from celery_operator.controllers.context import ROLLUP_DELAY, Context
+from celery_operator.controllers.events import drain_event, scale_event
 from celery_operator.controllers.runtime import Retry
 from celery_operator.k8s import client
-from celery_operator.k8s.children import delete_owned, hand_off_replicas
+from celery_operator.k8s.children import hand_off_replicas
 from celery_operator.plans.celeryworkerpool import (
     BROKER,
     Connection,
@@ -115,28 +116,54 @@ def read_connection(app: CeleryApp, which: str) -> Connection:
 
 def apply_pool(ctx: Context, plan: PoolPlan) -> None:
     """Stops, tracks, listens, hands off and applies as planned, then writes the status."""
-    uid = plan.body["metadata"]["uid"]
+    body = plan.body
+    uid = body["metadata"]["uid"]
     if plan.delete_children:
-        n = ctx.delete_children(uid) + sum(
-            delete_owned("v1", "Secret", name, plan.key[0], uid) for name in plan.known_secrets
-        )
+        why = f"the pool is not accepted ({plan.accepted.reason})"
+        n = ctx.delete_children(body, why) + ctx.delete_secrets(body, plan.known_secrets, why)
         if n:
             log.info(
                 "pool %s/%s not accepted (%s): stopped its workers", *plan.key, plan.accepted.reason
             )
     _follow(ctx, plan)
     if plan.worker_plan is not None:
-        apply_workers(ctx, plan.key, plan.body, plan.worker_plan)
+        apply_workers(ctx, plan.key, body, plan.worker_plan)
+        ctx.record(drain_event(body, plan.worker_plan))
     ident = plan.deployment_ident
     cached = ctx.cache.child(uid, *ident)
     if plan.hand_off_replicas and cached is not None:
         hand_off_replicas({"apiVersion": "apps/v1", "kind": "Deployment", **cached})
-    deployment, conflict = ctx.apply_children(uid, plan.children, ident)
+    deployment, conflict = ctx.apply_children(body, plan.children, ident)
+    if plan.children is not None and conflict is None:
+        _tell_scaled(ctx, plan, cached, deployment)
+    ctx.follow_rollout(body, deployment)
     status = plan.status(deployment, conflict)
-    patch_status_if_changed(plan.body, POOL, status)
+    ctx.write_status(body, POOL, status)
     metrics.record(plan.key, status, plan.worker_plan)
     if plan.retry_after is not None and conflict is None:
         raise Retry(plan.retry_after, "a drain is in progress")
+
+
+def _tell_scaled(
+    ctx: Context, plan: PoolPlan, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+) -> None:
+    """Scaled, when this apply changed the worker Deployment's replicas."""
+    if before is None or after is None or plan.replicas is None:
+        return
+    old, new = (before.get("spec") or {}).get("replicas"), (after.get("spec") or {}).get("replicas")
+    if old is None or new != plan.replicas or old == new:
+        return
+    ctx.record(
+        scale_event(
+            plan.body,
+            {"apiVersion": "apps/v1", "kind": "Deployment", **after},
+            int(old),
+            int(new),
+            autoscaler=plan.autoscaler,
+            target_per_replica=None if plan.track is None else plan.track.policy.target_per_replica,
+            workers=plan.worker_plan,
+        )
+    )
 
 
 def _follow(ctx: Context, plan: PoolPlan) -> None:

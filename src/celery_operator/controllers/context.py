@@ -1,5 +1,6 @@
 """What the three kind controllers share, below them: the cache, the queue, the scaler,
-and the apply step (children by server-side apply and pruning, the status patch)."""
+and the apply step (children by server-side apply and pruning, the status patch, and the
+Events they post)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,29 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator.api.conditions import CHILD_CONFLICT, CHILD_REJECTED, Blocker
 from celery_operator.api.kinds import Kind, child_kinds
 from celery_operator.api.labels import HASH_ANNOTATION
 from celery_operator.controllers.cache import Cache, Ident, ident
+from celery_operator.controllers.events import (
+    EventMemory,
+    child_event,
+    classify_apply,
+    conditions_of,
+    deleted_event,
+    problem_event,
+    rollout_done,
+    rollout_finished_event,
+    status_events,
+    template_digest,
+)
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s import client
-from celery_operator.k8s.children import ChildConflictError, apply_owned
+from celery_operator.k8s.children import ChildConflictError, apply_owned, delete_owned
+from celery_operator.k8s.events import Event, NullRecorder, Recorder
 from celery_operator.k8s.objects import contains, projection
 from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
@@ -46,6 +60,8 @@ class Context:
     scaler: BuiltinScaler | None = None
     monitors: Monitors | None = None
     keda: client.ServedCheck | None = None
+    events: Recorder = field(default_factory=NullRecorder)
+    memory: EventMemory = field(default_factory=EventMemory)
 
     def __post_init__(self) -> None:
         if self.keda is None:
@@ -68,17 +84,22 @@ class Context:
         return time.time()
 
     # ---- apply -------------------------------------------------------------------------
+    def record(self, ev: Event | None) -> None:
+        """Posts an Event (in the background; never fails the reconcile)."""
+        if ev is not None:
+            self.events.record(ev)
+
     def apply_children(
-        self, owner_uid: str, desired: Iterable[Mapping[str, Any]] | None, watch: Ident
+        self, owner: Mapping[str, Any], desired: Iterable[Mapping[str, Any]] | None, watch: Ident
     ) -> tuple[dict[str, Any] | None, Blocker | None]:
         """Applies the desired children (None: changes none). Returns the child `watch`
         as it is now (the status follows it) and the ChildConflict or ChildRejected that
         stopped the apply, if one did."""
-        cached = self.cache.child(owner_uid, *watch)
+        cached = self.cache.child(owner["metadata"]["uid"], *watch)
         if desired is None:
             return cached, None
         try:
-            live = self.sync_children(owner_uid, desired)
+            live = self.sync_children(owner, desired)
         except ChildConflictError as e:
             return cached, Blocker(CHILD_CONFLICT, str(e))
         except client.ApiError as e:
@@ -91,12 +112,13 @@ class Context:
         return live.get(watch) or cached, None
 
     def sync_children(
-        self, owner_uid: str, desired: Iterable[Mapping[str, Any]]
+        self, owner: Mapping[str, Any], desired: Iterable[Mapping[str, Any]]
     ) -> dict[Ident, dict[str, Any]]:
         """Applies every desired child and deletes the owner's children that are no longer
         desired. A child that still holds what was last applied (its hash, its generation,
         its content) is skipped.
         Raises ChildConflictError for a name taken by another owner's object."""
+        owner_uid = owner["metadata"]["uid"]
         owned = self.cache.owned(owner_uid)
         live: dict[Ident, dict[str, Any]] = {}
         for manifest in desired:
@@ -110,7 +132,11 @@ class Context:
             if cached is not None and self._unchanged(cached, digest):
                 live[key] = cached
                 continue
-            result = apply_owned(m, live=cached)
+            # Not cached: read it (is the name taken by someone else's object? did it exist?).
+            before = cached
+            if before is None:
+                before = client.get_object(m["apiVersion"], m["kind"], key[2], key[1] or None)
+            result = apply_owned(m, live=before, known=True)
             if contains(result, m):
                 self.cache.note_applied(result, m)
             else:
@@ -122,6 +148,7 @@ class Context:
             # Secrets), so the cache learns what was applied from the answer, unless the
             # watch already brought something newer (then that is what the status reads).
             self.cache.put_child(result, deleted=False, from_write=True)
+            self._tell_applied(owner, m, before, result, digest)
             live[key] = self.cache.child(owner_uid, *key) or result
         for key, obj in owned.items():
             if key not in live:
@@ -129,6 +156,7 @@ class Context:
                 log.info("deleting %s %s/%s: no longer desired", kind, key[1], key[2])
                 client.delete_object(api_version, kind, key[2], key[1], uid=obj["metadata"]["uid"])
                 self.cache.put_child(obj, deleted=True)
+                self._tell_deleted(owner, key, obj, "no longer desired")
         return live
 
     def _unchanged(self, cached: Mapping[str, Any], digest: str) -> bool:
@@ -139,22 +167,125 @@ class Context:
             return False
         return self.cache.holds_applied(cached)
 
-    def delete_children(self, owner_uid: str) -> int:
+    def _tell_applied(
+        self,
+        owner: Mapping[str, Any],
+        manifest: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+        result: Mapping[str, Any],
+        digest: str,
+    ) -> None:
+        """The Event of one applied child, if the apply changed something."""
+        owner_uid = owner["metadata"]["uid"]
+        key = (owner_uid, ident(result))
+        applied_before = self.memory.applied.get(key) is not None
+        self.memory.applied.set(key, True)
+        template = template_digest(manifest)
+        template_changed = False
+        if template is not None:
+            uid = str(result["metadata"].get("uid", ""))
+            known = self.memory.templates.get(uid)
+            if known is not None:
+                template_changed = known != template
+            elif before is not None:
+                # Not applied by this process (a restart): the generation moved, and not
+                # for replicas the operator sets, so for the template.
+                wanted = (manifest.get("spec") or {}).get("replicas")
+                template_changed = (
+                    wanted is None or (before.get("spec") or {}).get("replicas") == wanted
+                )
+            self.memory.templates.set(uid, template)
+        change = classify_apply(
+            before, result, digest, applied_before=applied_before, template_changed=template_changed
+        )
+        if change is None:
+            return
+        if result.get("kind") == "Deployment" and change in ("created", "recreated", "rollout"):
+            generation = int(result["metadata"].get("generation", 0))
+            self.memory.rollouts.set((owner_uid, result["metadata"]["name"]), generation)
+        self.record(child_event(owner, change, result))
+
+    def _tell_deleted(
+        self, owner: Mapping[str, Any], key: Ident, obj: Mapping[str, Any], why: str
+    ) -> None:
+        owner_uid = owner["metadata"]["uid"]
+        self.memory.applied.pop((owner_uid, key))
+        api_version, kind = key[0].rsplit("/", 1)
+        if kind == "Deployment":
+            self.memory.rollouts.pop((owner_uid, key[2]))
+        self.record(deleted_event(owner, {**obj, "apiVersion": api_version, "kind": kind}, why))
+
+    def delete_children(self, owner: Mapping[str, Any], why: str) -> int:
         n = 0
-        for key, obj in self.cache.owned(owner_uid).items():
+        for key, obj in self.cache.owned(owner["metadata"]["uid"]).items():
             api_version, kind = key[0].rsplit("/", 1)
             if client.delete_object(api_version, kind, key[2], key[1], uid=obj["metadata"]["uid"]):
                 n += 1
+                self._tell_deleted(owner, key, obj, why)
             self.cache.put_child(obj, deleted=True)
         return n
 
+    def delete_secrets(self, owner: Mapping[str, Any], names: Iterable[str], why: str) -> int:
+        """Deletes the owner's Secrets by name (they are not watched, so maybe not cached)."""
+        meta = owner["metadata"]
+        n = 0
+        for name in names:
+            if delete_owned("v1", "Secret", name, meta["namespace"], meta["uid"]):
+                n += 1
+                secret = {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": meta["namespace"]},
+                }
+                self._tell_deleted(owner, ident(secret), secret, why)
+        return n
 
-def patch_status_if_changed(body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> None:
+    def follow_rollout(
+        self, owner: Mapping[str, Any], deployment: Mapping[str, Any] | None
+    ) -> None:
+        """RolloutFinished, once a rollout this process started is complete."""
+        if deployment is None:
+            return
+        key = (owner["metadata"]["uid"], deployment["metadata"]["name"])
+        generation = self.memory.rollouts.get(key)
+        if generation is None:
+            return
+        done = rollout_done(deployment, generation)
+        if done is None:
+            return
+        self.memory.rollouts.pop(key)
+        if done:  # a failed one says RolloutFailed through Ready
+            self.record(rollout_finished_event(owner, {"kind": "Deployment", **deployment}))
+
+    def tell_problem(self, owner: Mapping[str, Any], what: str, problem: Blocker | None) -> None:
+        """A Warning when a component's pods cannot run, once per reason."""
+        key = (owner["metadata"]["uid"], what)
+        self.record(problem_event(owner, what, self.memory.problems.get(key) or "", problem))
+        self.memory.problems.set(key, "" if problem is None else problem.reason)
+
+    def write_status(self, body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> None:
+        """Patches the status if it changed, and posts what changed in its conditions."""
+        uid = body["metadata"]["uid"]
+        old = self.memory.conditions.get(uid)
+        if old is None:
+            old = conditions_of(body.get("status"))
+        if not patch_status_if_changed(body, kind, status):
+            return  # the object is gone
+        new = conditions_of(status)
+        for ev in status_events(body, old, new):
+            self.record(ev)
+        self.memory.conditions.set(uid, new)
+
+
+def patch_status_if_changed(body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> bool:
+    """False when the object is gone."""
     if not status_changed(body.get("status"), status):
-        return
+        return True
     meta = body["metadata"]
     try:
         client.patch_status(body["apiVersion"], kind.name, meta["name"], meta["namespace"], status)
     except client.ApiError as e:
         if not e.not_found:
             raise
+        return False
+    return True

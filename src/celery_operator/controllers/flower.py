@@ -6,7 +6,7 @@ from typing import Any
 
 from celery_operator.api.flower import Flower
 from celery_operator.api.kinds import APP, FLOWER, Key, flower_app_key
-from celery_operator.controllers.context import ROLLUP_DELAY, Context, patch_status_if_changed
+from celery_operator.controllers.context import ROLLUP_DELAY, Context
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import FlowerInputs, FlowerPlan, deployment_ident, plan_flower
 
@@ -40,11 +40,12 @@ def gather_flower(ctx: Context, key: Key, apply: bool) -> FlowerInputs | None:
 
 
 def apply_flower(ctx: Context, plan: FlowerPlan) -> None:
-    uid = plan.body["metadata"]["uid"]
+    body = plan.body
     if plan.delete_children:
-        ctx.delete_children(uid)
-    deployment, conflict = ctx.apply_children(uid, plan.children, deployment_ident(plan.key))
-    patch_status_if_changed(plan.body, FLOWER, plan.status(deployment, conflict))
+        ctx.delete_children(body, f"the Flower is not accepted ({plan.accepted.reason})")
+    deployment, conflict = ctx.apply_children(body, plan.children, deployment_ident(plan.key))
+    ctx.follow_rollout(body, deployment)
+    ctx.write_status(body, FLOWER, plan.status(deployment, conflict))
 
 
 def on_flower_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELA
 from celery_operator.controllers.health import Health
 from celery_operator.controllers.leader import ElectionConfig, LeaderElector
 from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.k8s.events import EventRecorder
 from celery_operator.k8s.informer import Informer, wait_synced
 from celery_operator.k8s.objects import controller_ref
 from celery_operator.plans.workers import PodView, epoch_of
@@ -79,8 +80,10 @@ class OperatorConfig:
     election: ElectionConfig | None = None  # None: no leader election (one replica)
 
 
-def build_context(workers: int) -> Context:
+def build_context(workers: int, identity: str = "") -> Context:
     ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers))
+    # Our Events (kopf's posting is off): `identity` names this replica in them.
+    ctx.events = EventRecorder(instance=identity or f"{socket.gethostname()}/{os.getpid()}")
     # A pool's workers changed load: a status pass writes the deletion costs (batched).
     ctx.monitors = Monitors(
         on_change=lambda key: ctx.queue.add_soon(_status_task(POOL), key, WORKERS_DELAY)
@@ -236,6 +239,8 @@ def register(
         if late:
             raise kopf.PermanentError(f"the first LIST did not complete: {late}")
         enqueue_all(ctx)
+        if isinstance(ctx.events, EventRecorder):
+            ctx.events.start()
         await ctx.queue.start()
         if ctx.scaler is not None:
             ctx.scaler.start()
@@ -249,6 +254,8 @@ def register(
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        # No Event is posted once the Lease may be given up (after kopf returns).
+        ctx.events.stop()
         for i in watching:
             i.stop()
         for task in background:
@@ -274,7 +281,9 @@ def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def _configure(settings: kopf.OperatorSettings) -> None:
-    # Conditions carry what happens; the operator posts no Events (and has no RBAC for it).
+    # kopf would post its own Events (handler failures, in core/v1): ours replace them
+    # (`k8s.events`: events.k8s.io/v1, aggregated and rate-limited), and the RBAC grants
+    # only those.
     settings.posting.enabled = False
     settings.networking.request_timeout = 60
 
@@ -314,7 +323,7 @@ def run(config: OperatorConfig) -> None:
             elector.acquire()  # a standby waits here, serving health and metrics
             elector.start_renewing()
             client.write_guard = elector.guard
-        ctx = build_context(config.workers)
+        ctx = build_context(config.workers, me)
         registry = kopf.OperatorRegistry()
         register(registry, ctx, config, health)
         kopf.run(

@@ -15,7 +15,7 @@ class ChildConflictError(Exception):
 
 
 def apply_owned(
-    manifest: Mapping[str, Any], live: Mapping[str, Any] | None = None
+    manifest: Mapping[str, Any], live: Mapping[str, Any] | None = None, *, known: bool = False
 ) -> dict[str, Any]:
     """Server-side applies a child whose ownerReference names its controller. If the
     result does not hold the manifest, or the apply is invalid, because another field
@@ -24,11 +24,12 @@ def apply_owned(
 
     When an object of that name exists and is controlled by someone else (or by nobody,
     e.g. made by hand), nothing is written and ChildConflictError says why: the operator never
-    overwrites what it did not create. `live` skips the read when the caller has it cached.
+    overwrites what it did not create. `live` skips the read when the caller has it cached
+    (`known`: the caller read it, and None means it does not exist).
     """
     meta = manifest["metadata"]
     owner = controller_uid(manifest)
-    if live is None:
+    if live is None and not known:
         live = client.get_object(
             manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
         )

@@ -77,6 +77,7 @@ RESOURCES: dict[str, Resource] = {
             namespaced=False,
         ),
         Resource("coordination.k8s.io", "v1", "Lease", "leases"),
+        Resource("events.k8s.io", "v1", "Event", "events"),
         Resource(
             "apiextensions.k8s.io",
             "v1",

@@ -52,6 +52,9 @@ def operator_rules() -> list[dict[str, Any]]:
         # create or delete); namespaces: workerPoolPolicy selects them by label.
         {"apiGroups": [POD.group], "resources": [POD.plural], "verbs": [*READ, "patch"]},
         {"apiGroups": [NAMESPACE.group], "resources": [NAMESPACE.plural], "verbs": list(READ)},
+        # Its Events on the users' objects (events.k8s.io/v1 only; kopf's core/v1 posting
+        # is off): create, and patch a repeat's series count. Never read or delete.
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         # kopf discovers resources (KEDA's may appear later) through CRDs: read only.
         {
             "apiGroups": ["apiextensions.k8s.io"],

@@ -374,6 +374,8 @@ def _with_workers(
         )
     elif not hb.known and hb.error == "waiting":
         load = Outcome(False, CONNECTING, "listening for the workers' heartbeats")
+    elif not hb.known and hb.error == "connecting":  # the first attempt is under way
+        load = Outcome(False, CONNECTING, "connecting to the broker to hear the workers")
     elif not hb.known:
         load = Outcome(
             False,
