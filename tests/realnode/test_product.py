@@ -114,7 +114,19 @@ def flower_get(url: str, auth: tuple[str, str] | None) -> tuple[int, bytes]:
 def test_workers_beat_and_flower_run_the_app(cluster: Cluster, shop: Shop) -> None:
     ledger = shop.ledger()
     ids = [shop.send(ledger, "shop.add", [i, i], "celery") for i in range(10)]
-    results = [shop.producer.AsyncResult(t).get(timeout=60) for t in ids]
+
+    # Read from the result store itself (no pub/sub subscription of this long-lived client,
+    # which a session's earlier tests may have left reconnecting); the ledger says what the
+    # workers did if it times out.
+    def stored(task: str) -> dict[str, Any] | None:
+        meta = dict(shop.producer.backend.get_task_meta(task))
+        return meta if meta.get("status") == "SUCCESS" else None
+
+    try:
+        metas = [wait_for(f"the result of {t}", lambda t=t: stored(t), timeout=60) for t in ids]
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the workers' ledger: {ledger.tally()}") from None
+    results = [m["result"] for m in metas]
     assert results == [2 * i for i in range(10)]
     hosts = {h for t in ids for h in ledger.hosts_of(t)}
     assert hosts
