@@ -103,9 +103,16 @@ class ComponentProcess:
     def health_url(self) -> str:
         raise NotImplementedError
 
-    def start(self) -> None:
+    def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
         env["KUBECONFIG"] = str(self.kubeconfig)
+        return env
+
+    # Where the process runs; None: the test's own directory.
+    cwd: Path | None = None
+
+    def start(self) -> None:
+        env = self.env()
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [
@@ -121,6 +128,7 @@ class ComponentProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
+                cwd=self.cwd,
             )
         wait_for(f"the {self.command}'s health endpoint", self.healthy, timeout=60)
 

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -98,31 +97,17 @@ class ReleaseOperator(OperatorProcess):
             ]
         return args
 
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-        env["KUBECONFIG"] = str(self.kubeconfig)
+    def env(self) -> dict[str, str]:
+        env = super().env()
         if self.src is not None:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(self.src), env.get("PYTHONPATH", "")) if p
             )
-        with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery_operator.cli",
-                    self.command,
-                    *self.args(),
-                    *self.extra_args,
-                ],
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-                cwd=self.workdir,  # not the repository: `-m` puts the cwd first on sys.path
-            )
-        wait_for("the operator's health endpoint", self.healthy, timeout=60)
+        return env
+
+    @property  # type: ignore[override]
+    def cwd(self) -> Path:
+        return self.workdir  # not the repository: `-m` puts the cwd first on sys.path
 
 
 @dataclass
