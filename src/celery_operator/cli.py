@@ -57,6 +57,7 @@ def _run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             bind_address=args.bind_address,
             election=election,
+            celery_metrics_interval=args.celery_metrics_interval,
         )
     )
     return 0
@@ -184,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--liveness-port", type=int, default=8080, help="serves /healthz")
     r.add_argument("--metrics-port", type=int, default=9090, help="serves Prometheus /metrics")
     r.add_argument("--bind-address", default="0.0.0.0", help="address of both endpoints")
+    r.add_argument(
+        "--celery-metrics-interval",
+        type=float,
+        default=30.0,
+        help="seconds between reads of every pool's queue lengths for /metrics, and every "
+        "pool's workers listened to; 0: only the pools the built-in scaler scales (default 30)",
+    )
     r.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     e = r.add_argument_group("leader election (several replicas; one reconciles)")
     e.add_argument(

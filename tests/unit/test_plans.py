@@ -26,6 +26,7 @@ from celery_operator.plans.celeryworkerpool import (
     ScalerView,
     connection_reads,
     plan_pool,
+    wanted_reads,
 )
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import FlowerInputs, plan_flower
@@ -901,6 +902,40 @@ def test_the_builtin_target_polls_the_pools_queues_with_its_policy() -> None:
     assert (plan.track.policy.min_replicas, plan.track.policy.max_replicas) == (1, 10)
     assert plan.track.policy.target_per_replica == 20
     assert plan.autoscaler == {"engine": "builtin", "summary": "builtin 1-10", "desiredReplicas": 1}
+
+
+def test_observed_pools_are_measured_for_the_metrics_without_being_scaled() -> None:
+    """With --celery-metrics-interval, a pool the built-in engine does not scale is still
+    measured (a Target without a policy, at that interval) and listened to quietly; its
+    broker is read for that, and a failure to read it blocks nothing."""
+    unprotected = {"scaleDown": {"protectBusyWorkers": False}}
+    off = pool_inputs(spec=unprotected, connections={BROKER: Connection(REDIS)})
+    assert wanted_reads(off) == ()
+    on = dataclasses.replace(off, observe=30.0, scaler=ScalerView())
+    assert wanted_reads(on) == (BROKER,)
+    assert connection_reads(on) == (), "needed by nothing but the metrics"
+    plan = plan_pool(on)
+    assert plan.track is not None
+    assert plan.track.policy is None
+    assert plan.track.interval == 30.0
+    assert plan.track.queues == ("celery",)
+    assert plan.monitor is not None
+    assert plan.quiet
+    assert plan.replicas == 2, "the spec's replicas, not a decision"
+    # A builtin pool keeps its policy and its polling interval, and is not quiet.
+    builtin = plan_pool(pool_inputs(TEAM, connections=CROSS, scaler=ScalerView(), observe=30.0))
+    assert builtin.track is not None
+    assert builtin.track.policy is not None
+    assert builtin.track.interval != 30.0
+    assert not builtin.quiet
+    # A broker URL that cannot be read or parsed: no metrics, but no block either.
+    broken = dataclasses.replace(on, connections={BROKER: Connection(problem="no such Secret")})
+    assert plan_pool(broken).blocked is None
+    bad = dataclasses.replace(on, connections={BROKER: Connection("nonsense://")})
+    assert plan_pool(bad).blocked is None
+    assert plan_pool(bad).track is None
+    # A status-only pass does not stop the measuring.
+    assert not plan_pool(dataclasses.replace(on, apply=False)).untrack
 
 
 def test_a_status_only_pass_leaves_the_scaler_polling() -> None:

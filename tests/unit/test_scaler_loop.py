@@ -108,3 +108,54 @@ def test_a_new_queue_length_is_reported_once_the_quiet_time_passed() -> None:
     st = s.status(t.key)
     assert st is not None
     assert st["queueLength"] == 3
+
+
+def test_a_measured_pool_is_read_but_never_scaled_nor_reported() -> None:
+    """A Target without a policy (a pool measured for the metrics): its queue lengths and
+    its broker's state are kept for /metrics; no decision, no status notification."""
+    from dataclasses import replace
+
+    probe = Fixed()
+    probe.lengths = [500]
+    changes: list[tuple[str, str]] = []
+    s = BuiltinScaler(on_change=changes.append, probe_for=lambda t: probe)
+    t = replace(target(), policy=None)
+    s.track(t, current=2)
+    (m,) = s.measured()
+    assert (m.lengths, m.broker_up, m.scaling) == (None, None, False), "not polled yet"
+    s.poll(t.key)
+    (m,) = s.measured()
+    assert (m.queues, m.lengths, m.broker_up) == (("q",), (500,), True)
+    assert s.replicas(t.key) is None, "not the scaler's pool"
+    assert s.status(t.key) is None
+    assert changes == []
+    s._probes.clear()
+    s.probe_for = surprising
+    s.poll(t.key)
+    (m,) = s.measured()
+    assert (m.lengths, m.broker_up) == (None, False), "no stale figure while unreachable"
+    assert changes == []
+
+
+def test_a_measured_pool_switched_to_builtin_starts_from_its_current_replicas() -> None:
+    """Measured while another engine scaled it to 7, then builtin: the scaler starts from
+    7 (what the Deployment runs), not from the replicas it saw when measuring began."""
+    from dataclasses import replace
+
+    probe = Fixed()
+    probe.lengths = [0]
+    s = BuiltinScaler(on_change=lambda key: None, probe_for=lambda t: probe)
+    s.track(replace(target(), policy=None), current=2)
+    s.poll(("ns", "pool"))
+    s.track(replace(target(), policy=Policy(1, 10, 10, cooldown_seconds=300)), current=7)
+    assert s.replicas(("ns", "pool")) == 7
+    s.poll(("ns", "pool"))
+    assert s.replicas(("ns", "pool")) == 7, "an empty queue waits for the cooldown"
+    (m,) = s.measured()
+    assert m.scaling
+    assert dict(m.scaled) == {"up": 0, "down": 0}
+    probe.lengths = [100]
+    s.poll(("ns", "pool"))
+    assert s.replicas(("ns", "pool")) == 10
+    (m,) = s.measured()
+    assert dict(m.scaled) == {"up": 1, "down": 0}

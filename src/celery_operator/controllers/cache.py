@@ -76,6 +76,10 @@ class Cache:
         with self.lock:
             return list(self.tables[kind])
 
+    def items(self, kind: str) -> list[tuple[Key, dict[str, Any]]]:
+        with self.lock:
+            return list(self.tables[kind].items())
+
     def put(self, kind: str, key: Key, body: Mapping[str, Any] | None) -> dict[str, Any] | None:
         """Stores (or with None, removes) a body; returns the previous one."""
         with self.lock:

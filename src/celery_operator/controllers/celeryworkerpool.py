@@ -22,9 +22,9 @@ from celery_operator.plans.celeryworkerpool import (
     PoolInputs,
     PoolPlan,
     ScalerView,
-    connection_reads,
     deployment_ident,
     plan_pool,
+    wanted_reads,
 )
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.workers import WorkerPlan
@@ -42,7 +42,6 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
             ctx.scaler.untrack(key)
         if ctx.monitors is not None:
             ctx.monitors.unwatch(key)
-        metrics.forget(key)
         return
     apply_pool(ctx, plan_pool(inputs))
 
@@ -67,8 +66,9 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
         pods=ctx.cache.worker_pods_of(key),
         heartbeats=None if ctx.monitors is None else ctx.monitors.heartbeats(key),
         epoch=ctx.epoch(),
+        observe=ctx.observe_seconds,
     )
-    reads = connection_reads(inputs)
+    reads = wanted_reads(inputs)
     if not reads:
         return inputs
     assert inputs.app is not None
@@ -139,7 +139,6 @@ def apply_pool(ctx: Context, plan: PoolPlan) -> None:
     ctx.follow_rollout(body, deployment)
     status = plan.status(deployment, conflict)
     ctx.write_status(body, POOL, status)
-    metrics.record(plan.key, status, plan.worker_plan)
     if plan.retry_after is not None and conflict is None:
         raise Retry(plan.retry_after, "a drain is in progress")
 
@@ -160,7 +159,11 @@ def _tell_scaled(
             int(old),
             int(new),
             autoscaler=plan.autoscaler,
-            target_per_replica=None if plan.track is None else plan.track.policy.target_per_replica,
+            target_per_replica=(
+                None
+                if plan.track is None or plan.track.policy is None
+                else plan.track.policy.target_per_replica
+            ),
             workers=plan.worker_plan,
         )
     )
@@ -173,7 +176,7 @@ def _follow(ctx: Context, plan: PoolPlan) -> None:
     elif ctx.scaler is not None and plan.untrack:
         ctx.scaler.untrack(plan.key)
     if ctx.monitors is not None and plan.monitor is not None:
-        ctx.monitors.watch(plan.key, plan.monitor)
+        ctx.monitors.watch(plan.key, plan.monitor, quiet=plan.quiet)
     elif ctx.monitors is not None and plan.unmonitor:
         ctx.monitors.unwatch(plan.key)
 

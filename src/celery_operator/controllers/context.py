@@ -62,6 +62,7 @@ class Context:
     keda: client.ServedCheck | None = None
     events: Recorder = field(default_factory=NullRecorder)
     memory: EventMemory = field(default_factory=EventMemory)
+    observe_seconds: float | None = None  # every pool measured for the metrics this often
 
     def __post_init__(self) -> None:
         if self.keda is None:

@@ -24,7 +24,7 @@ from importlib.metadata import version
 from typing import Any, cast
 
 import kopf
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from celery_operator.api.base import GROUP
 from celery_operator.api.kinds import (
@@ -46,6 +46,7 @@ from celery_operator.controllers.cache import Cache
 from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELAY, Context
 from celery_operator.controllers.health import Health
 from celery_operator.controllers.leader import ElectionConfig, LeaderElector
+from celery_operator.controllers.metrics import CeleryCollector
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s.events import EventRecorder
 from celery_operator.k8s.informer import Informer, wait_synced
@@ -78,10 +79,13 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
     sync_timeout: float = 120.0  # the first LIST of every watched resource
     election: ElectionConfig | None = None  # None: no leader election (one replica)
+    # Every pool's queues are measured for the metrics this often (0: only the pools the
+    # built-in scaler scales), and every pool's workers listened to.
+    celery_metrics_interval: float = 30.0
 
 
-def build_context(workers: int, identity: str = "") -> Context:
-    ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers))
+def build_context(workers: int, identity: str = "", observe: float | None = None) -> Context:
+    ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers), observe_seconds=observe)
     # Our Events (kopf's posting is off): `identity` names this replica in them.
     ctx.events = EventRecorder(instance=identity or f"{socket.gethostname()}/{os.getpid()}")
     # A pool's workers changed load: a status pass writes the deletion costs (batched).
@@ -323,7 +327,10 @@ def run(config: OperatorConfig) -> None:
             elector.acquire()  # a standby waits here, serving health and metrics
             elector.start_renewing()
             client.write_guard = elector.guard
-        ctx = build_context(config.workers, me)
+        observe = config.celery_metrics_interval
+        ctx = build_context(config.workers, me, observe if observe > 0 else None)
+        # The leader's Celery figures (a standby has none: it holds no objects).
+        REGISTRY.register(CeleryCollector(ctx))
         registry = kopf.OperatorRegistry()
         register(registry, ctx, config, health)
         kopf.run(

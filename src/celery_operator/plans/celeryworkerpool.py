@@ -96,6 +96,9 @@ class PoolInputs:
     pods: Sequence[PodView] = ()  # the worker pods
     heartbeats: PoolHeartbeats | None = None  # None: the broker is not listened to (yet)
     epoch: float = 0.0  # the clock, in seconds (drains are timed against the pods' marks)
+    # Every pool's queues and workers are measured for the metrics, every this many
+    # seconds (None: only the pools that need it for scaling or protection).
+    observe: float | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,7 @@ class PoolPlan:
     now: str = ""
     monitor: MonitorTarget | None = None  # the broker to listen to for the pool's workers
     unmonitor: bool = False
+    quiet: bool = False  # listened to for the metrics only: its load changes no status
     worker_plan: WorkerPlan | None = None  # deletion costs, drains, consumer commands
     workers: dict[str, Any] | None = None  # status.workers
     load: Outcome | None = None  # LoadObserved
@@ -178,6 +182,16 @@ def connection_reads(i: PoolInputs) -> tuple[str, ...]:
         return (BROKER, RESULT_BACKEND)
     needed = engine in ("builtin", "keda") or _monitored(i.pool, engine)
     return (BROKER,) if needed else ()
+
+
+def wanted_reads(i: PoolInputs) -> tuple[str, ...]:
+    """What gather reads: what the plan needs, and the broker of a pool measured for the
+    metrics only (a failure to read that one blocks nothing)."""
+    reads = connection_reads(i)
+    if reads or i.observe is None or not i.apply or _early_block(i) is not None:
+        return reads
+    assert i.app is not None
+    return () if i.app.spec.paused else (BROKER,)
 
 
 def _early_block(i: PoolInputs) -> Blocker | None:
@@ -250,6 +264,7 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
         )
     monitor = _monitor(i, pool, app, engine, broker)
     track = _target(i, pool, engine, broker, monitor)
+    quiet = monitor is not None and not _monitored(pool, engine)
     wp = _workers(i, pool, engine, _replicas(i, pool, engine), status_only=False)
     return _with_workers(
         dataclasses.replace(
@@ -260,6 +275,7 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
             untrack=track is None,
             monitor=monitor,
             unmonitor=monitor is None,
+            quiet=quiet,
             replicas=wp.replicas,
             autoscaler=_autoscaler(pool, engine, i.scaler, wp.replicas),
             scaling=_scaling(engine, i.scaler),
@@ -280,8 +296,10 @@ def _plan_unchanged(
     plan = dataclasses.replace(
         base,
         blocked=None if i.apply else kept_block(i.body.get("status"), generation),
-        untrack=not polling,  # a status-only pass leaves the polling as it is
-        unmonitor=False,  # ... and the listening
+        # A status-only pass leaves the polling as it is (and the measuring), and the
+        # listening.
+        untrack=not polling and i.observe is None,
+        unmonitor=False,
         autoscaler=_autoscaler(pool, engine, i.scaler, None),
         scaling=None if app.spec.paused else _scaling(engine, i.scaler),
         paused=app.spec.paused,
@@ -303,7 +321,7 @@ def _monitor(
     broker: BrokerURL | None,
 ) -> MonitorTarget | None:
     url = i.connections.get(BROKER, Connection()).url
-    if not _monitored(pool, engine) or broker is None or url is None:
+    if not (_monitored(pool, engine) or i.observe is not None) or broker is None or url is None:
         return None
     options = app.spec.broker.transport_options
     frozen = tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in options.items()))
@@ -421,6 +439,8 @@ def _broker(i: PoolInputs) -> BrokerURL | Blocker | None:
     try:
         return parse_broker_url(url) if url else None
     except BrokerURLError as e:
+        if BROKER not in connection_reads(i):
+            return None  # read for the metrics only: they go without it
         return Blocker(BROKER_UNREADABLE, str(e))
 
 
@@ -448,11 +468,23 @@ def _target(
     broker: BrokerURL | None,
     monitor: MonitorTarget | None,
 ) -> Target | None:
-    """What the built-in scaler polls for this pool (None: engine is not builtin). It reads
-    the queues through the broker's monitor, which the plan asks for too."""
+    """What the built-in scaler polls for this pool: its queues, to scale it (engine builtin)
+    or only to measure them for the metrics (`i.observe`); None: neither. It reads the
+    queues through the broker's monitor, which the plan asks for too."""
     a = pool.spec.autoscaling
-    if engine != "builtin" or broker is None or i.scaler is None or a is None or monitor is None:
+    if broker is None or i.scaler is None or monitor is None:
         return None
+    if engine != "builtin" or a is None:
+        if i.observe is None or broker.family not in MONITORED_FAMILIES:
+            return None
+        return Target(
+            key=i.key,
+            broker=broker,
+            url_id=monitor.url_id,
+            queues=tuple(pool.spec.queues),
+            policy=None,
+            interval=i.observe,
+        )
     ql = a.queue_length
     assert ql is not None
     return Target(

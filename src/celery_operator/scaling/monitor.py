@@ -129,6 +129,21 @@ class BrokerMonitor:
             settled = now - self._connected_at >= SETTLE
         return PoolHeartbeats(known=settled, error="" if settled else "waiting", beats=beats)
 
+    def heartbeats_by_pool(self) -> dict[Key, PoolHeartbeats]:
+        """heartbeats() of every pool it listens for, in one pass over its workers."""
+        now = self.clock()
+        with self._lock:
+            pools = set(self._pools)
+            if self._connected_at is None:
+                return {k: PoolHeartbeats(known=False, error=self._error) for k in pools}
+            beats: dict[Key, dict[str, Heartbeat]] = {k: {} for k in pools}
+            for w in self._workers.values():
+                if w.pool in beats:
+                    beats[w.pool][w.pod] = w.beat(now)
+            settled = now - self._connected_at >= SETTLE
+        error = "" if settled else "waiting"
+        return {k: PoolHeartbeats(known=settled, error=error, beats=b) for k, b in beats.items()}
+
     def queue_lengths(self, queues: Sequence[str]) -> list[int]:
         """Messages waiting in each queue (the Probe of the built-in scaler)."""
         return list(self._call(lambda s: _sizes(s.conn, queues)))
@@ -406,10 +421,19 @@ class Monitors:
         self._monitors: dict[str, BrokerMonitor] = {}
         self._of_pool: dict[Key, str] = {}
         self._unsupported: dict[Key, str] = {}
+        self._quiet: set[Key] = set()  # listened to for the metrics only
         self._lock = threading.Lock()
 
-    def watch(self, key: Key, target: MonitorTarget) -> None:
+    def _notify(self, key: Key) -> None:
+        if key not in self._quiet:
+            self.on_change(key)
+
+    def watch(self, key: Key, target: MonitorTarget, quiet: bool = False) -> None:
         with self._lock:
+            if quiet:
+                self._quiet.add(key)
+            else:
+                self._quiet.discard(key)
             if not target.supported:
                 self._unsupported[key] = target.redacted
                 self._drop(key)
@@ -421,7 +445,7 @@ class Monitors:
             monitor = self._monitors.get(target.url_id)
             if monitor is None:
                 monitor = BrokerMonitor(
-                    target.url, target.redacted, dict(target.transport_options), self.on_change
+                    target.url, target.redacted, dict(target.transport_options), self._notify
                 ).start()
                 self._monitors[target.url_id] = monitor
             monitor.watch(key)
@@ -430,7 +454,17 @@ class Monitors:
     def unwatch(self, key: Key) -> None:
         with self._lock:
             self._unsupported.pop(key, None)
+            self._quiet.discard(key)
             self._drop(key)
+
+    def all_heartbeats(self) -> dict[Key, PoolHeartbeats]:
+        """What is heard of every pool listened for (the metrics read it at each scrape)."""
+        with self._lock:
+            monitors = list(self._monitors.values())
+        out: dict[Key, PoolHeartbeats] = {}
+        for m in monitors:
+            out.update(m.heartbeats_by_pool())
+        return out
 
     def _drop(self, key: Key) -> None:
         url_id = self._of_pool.pop(key, None)

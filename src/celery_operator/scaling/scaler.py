@@ -1,4 +1,4 @@
-"""The built-in queue-length scaler.
+"""The built-in queue-length scaler, and the queue lengths of every pool.
 
 Pools with `autoscaling.queueLength.engine: builtin` are tracked by their reconcile; the
 scaler polls each one's broker every pollingIntervalSeconds (its work grows with those
@@ -6,12 +6,14 @@ pools only, never with the cluster), decides with `decision.decide`, and hands t
 to the pool's reconcile, which applies it as the worker Deployment's replicas: one writer
 of the Deployment. When the broker cannot be read, replicas stay as they are and the pool
 says so (ScalingActive=False, BrokerUnreachable).
+
+Other pools are tracked for their metrics only (a Target without a policy, polled every
+`--celery-metrics-interval`): measured, never scaled, never a status write.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import datetime as dt
 import heapq
 import logging
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from celery_operator.brokerurl import BrokerURL
 from celery_operator.scaling.decision import History, Policy, decide, total_waiting
@@ -38,15 +40,6 @@ POLL_SECONDS = Histogram(
     "Time of one queue-length poll",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5),
 )
-SCALES = Counter(
-    "celery_operator_scaler_scale_events_total", "Replica changes decided", ["direction"]
-)
-
-WAITING = Gauge(
-    "celery_operator_pool_waiting_tasks",
-    "Tasks waiting in each queue of a pool with the built-in engine, at its last poll",
-    ["namespace", "pool", "queue"],
-)
 
 # A new queue length alone is written to the pool's status at most this often.
 STATUS_EVERY = 15.0
@@ -58,7 +51,7 @@ class Target:
     broker: BrokerURL
     url_id: str  # identifies the broker connection (the URL itself; never logged)
     queues: tuple[str, ...]
-    policy: Policy
+    policy: Policy | None  # None: measured for the metrics, never scaled
     interval: float
 
 
@@ -75,6 +68,20 @@ class State:
     reported: tuple[int, int | None] | None = None  # (waiting, running) the pool last heard
     polling: bool = False
     generation: int = 0  # heap entries of an older generation are stale
+    lengths: tuple[int, ...] | None = None  # per queue of target.queues, at the last poll
+    scaled: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the metrics show of one tracked pool (a copy: read by the metrics thread)."""
+
+    key: Key
+    queues: tuple[str, ...]
+    lengths: tuple[int, ...] | None  # None: never read (yet)
+    broker_up: bool | None  # None: not polled yet
+    scaled: tuple[tuple[str, int], ...]  # (direction, count) of the built-in engine
+    scaling: bool  # the built-in engine scales it (False: measured only)
 
 
 def _no_probe(target: Target) -> Probe:
@@ -122,25 +129,46 @@ class BuiltinScaler:
             elif state.target != target:
                 if state.target.url_id != target.url_id:
                     state.error = None
+                if state.target.policy is None and target.policy is not None:
+                    # Measured only until now: the replicas are whatever another engine
+                    # or the spec set, not ours. Start from them, with a fresh history.
+                    now = self.clock()
+                    state.replicas = current
+                    state.history = History(((now, current),))
+                    state.last_scale_time = None
+                if state.target.queues != target.queues:
+                    state.lengths = None
                 state.target = target
 
     def untrack(self, key: Key) -> None:
         with self._lock:
-            state = self._states.pop(key, None)
-        for queue in state.target.queues if state is not None else ():
-            with contextlib.suppress(KeyError):
-                WAITING.remove(*key, queue)
+            self._states.pop(key, None)
+
+    def measured(self) -> list[Measured]:
+        """Every tracked pool's queues, broker and decisions, for the metrics."""
+        with self._lock:
+            return [
+                Measured(
+                    key=key,
+                    queues=s.target.queues,
+                    lengths=s.lengths,
+                    broker_up=None if s.lengths is None and s.error is None else s.error is None,
+                    scaled=tuple(sorted(s.scaled.items())),
+                    scaling=s.target.policy is not None,
+                )
+                for key, s in self._states.items()
+            ]
 
     def replicas(self, key: Key) -> int | None:
         with self._lock:
             s = self._states.get(key)
-            return None if s is None else s.replicas
+            return None if s is None or s.target.policy is None else s.replicas
 
     def status(self, key: Key) -> dict[str, object] | None:
-        """status.autoscaler fields and the broker error, if any."""
+        """status.autoscaler fields and the broker error, if any (None: not scaled by it)."""
         with self._lock:
             s = self._states.get(key)
-            if s is None:
+            if s is None or s.target.policy is None:
                 return None
             return {
                 "desiredReplicas": s.replicas,
@@ -210,9 +238,8 @@ class BuiltinScaler:
         try:
             probe = self._probe(target)
             lengths = probe.queue_lengths(target.queues)
-            active = self.active_of(key)
-            for queue, n in zip(target.queues, lengths, strict=False):
-                WAITING.labels(*key, queue).set(n)
+            if target.policy is not None:
+                active = self.active_of(key)
             POLLS.labels("ok").inc()
         except BrokerUnreachableError as e:
             error = str(e)
@@ -233,6 +260,14 @@ class BuiltinScaler:
             if state is None or self._stop.is_set():
                 return
             now = self.clock()
+            policy = state.target.policy
+            # The last read, or none while the broker cannot be read (not a stale figure).
+            state.lengths = tuple(lengths) if error is None else None
+            if policy is None:  # measured only: the metrics read it; no decision, no status
+                if error is not None and state.error != error:
+                    log.warning("pool %s/%s: cannot read its queues: %s", *key, error)
+                state.error = error
+                return
             if error is not None:
                 if state.error != error:
                     log.warning("pool %s/%s: %s; replicas stay at %d", *key, error, state.replicas)
@@ -243,12 +278,12 @@ class BuiltinScaler:
                 # The whole load: tasks waiting and tasks running. Waiting alone would
                 # scale in while every worker is busy and nothing queues behind them.
                 desired, state.history = decide(
-                    waiting + (active or 0), state.replicas, target.policy, state.history, now
+                    waiting + (active or 0), state.replicas, policy, state.history, now
                 )
                 if active is None and desired < state.replicas:
                     desired = state.replicas  # who is busy is not known: never scale in
                 if desired != state.replicas:
-                    SCALES.labels("up" if desired > state.replicas else "down").inc()
+                    state.scaled["up" if desired > state.replicas else "down"] += 1
                     log.info(
                         "pool %s/%s: %d waiting, %s running -> %d replicas (was %d)",
                         *key,
