@@ -24,6 +24,7 @@ from testenv.realnode import NODE_NAME, RealNode
 
 from tests.support.cluster import Cluster, wait_for
 from tests.support.podwatch import PodWatch
+from tests.support.realnode import image
 from tests.support.shop import (
     FLOWER_PASSWORD,
     FLOWER_USER,
@@ -360,6 +361,89 @@ def test_why_workers_do_not_run_is_in_the_pool_and_app_status(
         print(f"\n{cond['reason']}: {cond['message']}")
     finally:
         cluster.run("delete", "celeryworkerpool", "broken", "-n", shop.namespace)
+
+
+# ---- pods as users need them -----------------------------------------------------------------
+SIDECAR_LOOP = (
+    "import time\n"
+    "while True:\n"
+    "    print('sidecar sees:', open('/etc/extra/greeting.txt').read(), flush=True)\n"
+    "    time.sleep(5)\n"
+)
+
+
+def test_a_native_sidecar_and_a_mounted_config_map_in_real_worker_pods(
+    cluster: Cluster, shop: Shop
+) -> None:
+    """A pool with a ConfigMap volume mounted in its worker and in a native sidecar (an
+    init container with restartPolicy Always), in a namespace enforcing "restricted": the
+    pod runs, the sidecar runs beside the worker, both read the mounted file, and the
+    worker runs tasks."""
+    ns = shop.namespace
+    greeting = "hello from a ConfigMap"
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    sidecar = {
+        "name": "reader",
+        "image": image("example-app"),
+        "imagePullPolicy": "Never",
+        "command": ["python", "-c", SIDECAR_LOOP],
+        "volumeMounts": [{"name": "extra", "mountPath": "/etc/extra", "readOnly": True}],
+        "securityContext": restricted,
+        "resources": {"requests": {"cpu": "5m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}},
+    }
+    cluster.apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "worker-extra", "namespace": ns},
+                "data": {"greeting.txt": greeting},
+            },
+            pool_of_shop(
+                ns,
+                "extras",
+                {
+                    "queues": ["extras"],
+                    "replicas": 1,
+                    "concurrency": 1,
+                    "resources": {
+                        "requests": {"cpu": "20m", "memory": "96Mi"},
+                        "limits": {"memory": "384Mi"},
+                    },
+                    "volumes": [{"name": "extra", "configMap": {"name": "worker-extra"}}],
+                    "volumeMounts": [{"name": "extra", "mountPath": "/etc/extra"}],
+                    "sidecars": [sidecar],
+                },
+            ),
+        ]
+    )
+    try:
+        shop.wait_pool("extras", timeout=180)
+        (pod,) = shop.pods("extras")
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        (init,) = pod["status"]["initContainerStatuses"]
+        assert init["name"] == "reader"
+        assert (init["started"], init["ready"]) == (True, True), init  # beside the worker
+        assert pod["spec"]["initContainers"][0]["restartPolicy"] == "Always"
+        read = cluster.kubectl("exec", name, "-n", ns, "-c", "worker", "--", "cat",
+                               "/etc/extra/greeting.txt")  # fmt: skip
+        assert read.strip() == greeting
+        wait_for(
+            "the sidecar to read the mounted file",
+            lambda: (
+                f"sidecar sees: {greeting}"
+                in cluster.kubectl("logs", name, "-n", ns, "-c", "reader")
+            ),
+            timeout=30,
+        )
+        ledger = shop.ledger()
+        for i in range(3):
+            shop.send(ledger, "shop.long", [0.2, f"extras-{i}"], "extras")
+        report("a pool with a sidecar and a ConfigMap", assert_exactly_once(ledger, timeout=60))
+    finally:
+        cluster.run("delete", "celeryworkerpool", "extras", "-n", ns, "--wait=true")
+        cluster.run("delete", "configmap", "worker-extra", "-n", ns)
 
 
 # ---- probes in practice -------------------------------------------------------------------
