@@ -216,6 +216,19 @@ def test_alerts_can_be_disabled_and_tuned(helm: Path, tmp_path: Path) -> None:
     assert backlog["for"] == "1h"
 
 
+def test_every_alert_disabled_leaves_an_empty_group(helm: Path, tmp_path: Path) -> None:
+    off = {
+        key: {"enabled": False}
+        for key in yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"][
+            "alerts"
+        ]
+    }
+    docs = _template(
+        helm, tmp_path, {"metrics": {"prometheusRule": {"enabled": True, "alerts": off}}}
+    )
+    assert _rule(docs)["spec"]["groups"] == [{"name": "celery-operator", "rules": []}]
+
+
 # ---- the dashboard -----------------------------------------------------------------------
 
 # Grafana's variables, as a query with "All" selected sends them.
