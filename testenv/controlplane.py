@@ -41,7 +41,7 @@ import yaml
 from celery_operator.certs import pki
 from testenv import images as images_mod
 from testenv import realnode
-from testenv.paths import cache_dir
+from testenv.paths import cache_dir, versions
 from testenv.realnode import GATEWAY, SERVICE_CIDR, RealNode, RealNodeError
 
 HERE = Path(__file__).resolve().parent
@@ -51,16 +51,6 @@ NODE_NAMES = ("kwok-node-0", "kwok-node-1")
 
 class TestenvError(RuntimeError):
     """A one-line, actionable reason why the control plane cannot run."""
-
-
-def versions() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in (HERE / "versions.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            out[key] = value
-    return out
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testenv.controlplane import versions
+from testenv.paths import versions
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "src" / "celery_operator" / "api" / "k8s_schemas.json"

@@ -147,3 +147,17 @@ networkPolicy.egress.allowAll is false). Argument: .Values.networkPolicy.egress.
       protocol: TCP
     {{- end }}
 {{- end -}}
+
+{{/*
+An alert's labels and the start of its annotations (the caller adds summary and
+description under it): (dict "pr" .Values.metrics.prometheusRule "severity" "warning"
+"alert" "CeleryAppNotReady"). The alert's own severity wins over alertLabels.
+*/}}
+{{- define "celery-operator.alertMeta" -}}
+labels:
+  {{- toYaml (merge (dict "severity" .severity) (.pr.alertLabels | default dict)) | nindent 2 }}
+annotations:
+{{- with .pr.runbookUrl }}
+  runbook_url: {{ printf "%s#%s" . (lower $.alert) | quote }}
+{{- end }}
+{{- end -}}
