@@ -9,7 +9,7 @@ RUN := testenv/.run
 export PATH := $(BIN):$(PATH)
 
 .PHONY: help deps testenv brokers node-deps images test test-lowest unit integration e2e realnode lint fmt \
-        manifests install-yaml cluster-up cluster-down dev-up dev-down demo bench clean
+        manifests install-yaml cluster-up cluster-down dev-up dev-down demo bench dashboard-picture clean
 
 help:
 	@echo "make test          install everything, then lint + every test suite (what CI runs)"
@@ -22,6 +22,7 @@ help:
 	@echo "make cluster-down  stop it (and tear down the real node)"
 	@echo "make images        build the real node's images (no registry needed)"
 	@echo "make bench         benchmarks, written to docs/benchmarks.md"
+	@echo "make dashboard-picture  docs/img/dashboard.svg from a real run's metrics"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -138,5 +139,13 @@ dev-down:
 demo: deps testenv images
 	$(BIN)/python -m testenv.dev demo
 
-bench: deps testenv brokers
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,dev,bench]'
+	touch $@
+
+bench: deps testenv brokers $(VENV)/.bench-installed
 	$(BIN)/python -m bench.run
+
+# docs/img/dashboard.svg: the dashboard's series scraped during a real run (bench/dashboard.py).
+dashboard-picture: deps testenv brokers $(VENV)/.bench-installed
+	$(BIN)/python -m bench.dashboard

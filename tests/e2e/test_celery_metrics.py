@@ -10,6 +10,8 @@ series are read from a scrape of /metrics, parsed by prometheus_client's own par
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from celery import Celery
 from tests.e2e.test_controllers import app, pool, secret
 from tests.fidelity.support import LocalContainer, LocalProcess
 from tests.integration import monitorapp
+from tests.support import metrics_contract as contract
 from tests.support.brokers import RedisServer
 from tests.support.cluster import Cluster, wait_for
 from tests.support.metrics import Labels, samples
-from tests.support.operator import OperatorProcess
+from tests.support.operator import OperatorProcess, WebhookProcess
+from tests.support.webhook import serving_webhook
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.broker]
 
@@ -72,6 +76,77 @@ def start_worker(url: str, node: str, workdir: Path) -> LocalProcess:
         ],
     }
     return LocalProcess(LocalContainer(container, {}, workdir), workdir / "worker.log")
+
+
+@pytest.fixture(scope="module")
+def webhook(cluster: Cluster, crds: list[str]) -> Iterator[WebhookProcess]:
+    yield from serving_webhook(cluster)
+
+
+def scrape_webhook(wh: WebhookProcess) -> str:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # its certificate names the admission Service
+    with urllib.request.urlopen(f"https://127.0.0.1:{wh.port}/metrics", context=ctx) as r:
+        return str(r.read().decode())
+
+
+def test_the_dashboard_and_alerts_query_what_is_really_exported(
+    cluster: Cluster,
+    operator: OperatorProcess,
+    webhook: WebhookProcess,
+    namespace: str,
+    redis_broker: RedisServer,
+) -> None:
+    """The other side of tests/support/metrics_contract.py (the names and labels the
+    chart's dashboard and PrometheusRule query): a real scrape of the operator, after a
+    built-in scale-up, and of the webhook, after a denial, shows each of them with exactly
+    those labels."""
+    cluster.apply(
+        [
+            secret(namespace, url=redis_broker.url),
+            app(namespace, beat={"enabled": False}),
+            pool(
+                namespace,
+                "bursty",
+                queues=["bursty"],
+                autoscaling={
+                    "minReplicas": 1,
+                    "maxReplicas": 3,
+                    "queueLength": {"engine": "builtin", "pollingIntervalSeconds": 1},
+                },
+            ),
+        ]
+    )
+    redis_broker.client().lpush("bursty", *["t"] * 50)
+    wait_for(
+        "a built-in scale-up",
+        lambda: one(
+            operator,
+            "celery_operator_scaler_scale_events_total",
+            pool="bursty",
+            namespace=namespace,
+            direction="up",
+        ),
+    )
+    wait_for(  # the broker monitor heard the pool (no workers: zeros, not "unknown")
+        "the workers' figures",
+        lambda: one(operator, "celery_operator_pool_active_tasks", pool="bursty") is not None,
+    )
+    bad = app(namespace, "leaky", beat={"enabled": False})
+    bad["spec"]["broker"]["url"] = {"value": "redis://:hunter2@redis:6379/0"}
+    denied = cluster.run("apply", "-f", "-", input=json.dumps(bad))
+    assert "denied the request" in denied.stderr, denied.stderr
+    exported: dict[str, set[frozenset[str]]] = {}
+    for text in (operator.metrics(), scrape_webhook(webhook)):
+        for name, labels, _ in samples(text):
+            exported.setdefault(name, set()).add(frozenset(k for k, _ in labels))
+    for name in sorted(contract.CONTRACT):
+        m = contract.CONTRACT[name]
+        if m.source == "flower":
+            continue  # Flower's own names: tests/fidelity/test_flower.py
+        assert name in exported, f"{name}: queried by the dashboard or alerts, not exported"
+        assert exported[name] == {m.labels}, f"{name}: labels {exported[name]} != {m.labels}"
 
 
 def test_queue_and_worker_series_follow_the_broker_and_the_workers(

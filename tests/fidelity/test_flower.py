@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.render.celeryworkerpool import build_worker_deployment
@@ -23,7 +24,9 @@ from tests.fidelity.support import (
     wait_for,
     wait_worker_ready,
 )
+from tests.support import metrics_contract as contract
 from tests.support.brokers import HOST, free_port
+from tests.support.metrics import samples
 
 pytestmark = pytest.mark.fidelity
 
@@ -88,6 +91,41 @@ def test_flower_basic_auth(celery_app: CeleryApp, run_container: RunContainer) -
         return r.status_code == 200 and local_node(pool) in r.json()
 
     wait_for(flower_sees_worker, 30, "Flower to list the worker", alive=(flower, worker))
+
+
+def test_flower_metrics_are_the_ones_the_dashboard_queries(
+    celery_app: CeleryApp, run_container: RunContainer, producer: Celery
+) -> None:
+    """Flower's /metrics (scraped by the chart's PodMonitor, without credentials even when
+    basic auth is on) carries the task outcomes the dashboard shows, under the names and
+    labels of tests/support/metrics_contract.py. Flower turns the workers' task events on
+    itself (its enable_events), so the workers need no setting for it."""
+    container, flower, base = start_flower(celery_app, run_container, basicAuth=AUTH_REF)
+    wait_serving(flower, base + container["livenessProbe"]["httpGet"]["path"])
+    pool = make_pool(queues=["metrics"])
+    worker = run_container(
+        container_of(build_worker_deployment(celery_app, pool, None, replicas=1))
+    )
+    wait_worker_ready(worker, local_node(pool))
+
+    def scraped() -> str | None:
+        producer.send_task("sample.record", args=["metrics", "ran"], queue="metrics")
+        r = httpx.get(base + "/metrics", timeout=10)
+        assert r.status_code == 200, r.status_code  # no credentials needed
+        return r.text if 'type="task-succeeded"' in r.text else None
+
+    text = wait_for(
+        scraped, 60, "a task-succeeded event in Flower's metrics", alive=(flower, worker)
+    )
+    assert text is not None
+    exported: dict[str, set[str]] = {}
+    for name, labels, _ in samples(text):
+        exported.setdefault(name, set()).update(k for k, _ in labels)
+    for name, m in contract.CONTRACT.items():
+        if m.source != "flower":
+            continue
+        assert name in exported, f"{name}: queried by the dashboard, not exported by Flower"
+        assert exported[name] == set(m.labels), f"{name}: {exported[name]} != {set(m.labels)}"
 
 
 def test_flower_url_prefix(celery_app: CeleryApp, run_container: RunContainer) -> None:

@@ -45,7 +45,7 @@ from celery_operator.controllers import celeryapp, celeryworkerpool, flower
 from celery_operator.controllers.cache import Cache
 from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELAY, Context
 from celery_operator.controllers.health import Health
-from celery_operator.controllers.leader import ElectionConfig, LeaderElector
+from celery_operator.controllers.leader import IS_LEADER, ElectionConfig, LeaderElector
 from celery_operator.controllers.metrics import CeleryCollector
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.k8s.events import EventRecorder
@@ -327,6 +327,8 @@ def run(config: OperatorConfig) -> None:
             elector.acquire()  # a standby waits here, serving health and metrics
             elector.start_renewing()
             client.write_guard = elector.guard
+        if elector is None:  # one replica, no Lease: it leads (the no-leader alert reads it)
+            IS_LEADER.labels(me).set(1)
         observe = config.celery_metrics_interval
         ctx = build_context(config.workers, me, observe if observe > 0 else None)
         # The leader's Celery figures (a standby has none: it holds no objects).
