@@ -47,6 +47,7 @@ from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELA
 from celery_operator.controllers.health import Health
 from celery_operator.controllers.leader import ElectionConfig, LeaderElector
 from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s.events import EventRecorder
 from celery_operator.k8s.informer import Informer, wait_synced
 from celery_operator.k8s.objects import controller_ref
@@ -78,10 +79,14 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
     sync_timeout: float = 120.0  # the first LIST of every watched resource
     election: ElectionConfig | None = None  # None: no leader election (one replica)
+    # How often each Secret the objects name is read again (a change rolls their pods).
+    secret_poll_seconds: float = 30.0
 
 
-def build_context(workers: int, identity: str = "") -> Context:
+def build_context(workers: int, identity: str = "", secret_poll_seconds: float = 30.0) -> Context:
     ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers))
+    # A Secret some object names changed: its owners reconcile (new mirrors, checksums).
+    ctx.secrets = SecretWatch(secret_poll_seconds, on_change=ctx.queue.add)
     # Our Events (kopf's posting is off): `identity` names this replica in them.
     ctx.events = EventRecorder(instance=identity or f"{socket.gethostname()}/{os.getpid()}")
     # A pool's workers changed load: a status pass writes the deletion costs (batched).
@@ -244,12 +249,14 @@ def register(
         await ctx.queue.start()
         if ctx.scaler is not None:
             ctx.scaler.start()
+        ctx.secrets.start()
         background.append(asyncio.create_task(resync(ctx, config.resync_seconds)))
         background.append(asyncio.create_task(heartbeat(health)))
         log.info(
-            "celery-operator started: %d workers, resync every %.0fs",
+            "celery-operator started: %d workers, resync every %.0fs, Secrets polled every %.0fs",
             config.workers,
             config.resync_seconds,
+            config.secret_poll_seconds,
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -262,6 +269,7 @@ def register(
             task.cancel()
         if ctx.scaler is not None:
             ctx.scaler.stop()
+        ctx.secrets.stop()
         if ctx.monitors is not None:
             ctx.monitors.stop()
         await ctx.queue.stop()
@@ -323,7 +331,7 @@ def run(config: OperatorConfig) -> None:
             elector.acquire()  # a standby waits here, serving health and metrics
             elector.start_renewing()
             client.write_guard = elector.guard
-        ctx = build_context(config.workers, me)
+        ctx = build_context(config.workers, me, config.secret_poll_seconds)
         registry = kopf.OperatorRegistry()
         register(registry, ctx, config, health)
         kopf.run(
