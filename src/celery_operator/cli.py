@@ -58,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
             bind_address=args.bind_address,
             election=election,
             celery_metrics_interval=args.celery_metrics_interval,
+            secret_poll_seconds=args.secret_poll_seconds,
         )
     )
     return 0
@@ -165,6 +166,13 @@ def _certs_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="celery-operator", description="A Kubernetes operator for Celery."
@@ -182,6 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--workers", type=int, default=8, help="concurrent reconciles")
     r.add_argument("--resync-seconds", type=float, default=300.0, help="full resync period")
+    r.add_argument(
+        "--secret-poll-seconds",
+        type=_positive,
+        default=30.0,
+        help="how often each Secret the objects name is read again (the operator may not "
+        "watch Secrets); a change of the data their pods read rolls them",
+    )
     r.add_argument("--liveness-port", type=int, default=8080, help="serves /healthz")
     r.add_argument("--metrics-port", type=int, default=9090, help="serves Prometheus /metrics")
     r.add_argument("--bind-address", default="0.0.0.0", help="address of both endpoints")

@@ -267,11 +267,13 @@ def pool_status(
     workers: Mapping[str, Any] | None = None,
     load: Outcome | None = None,
     draining: str = "",
+    unready: Blocker | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
     """The pool's status. `blocked` (reason, message) means nothing could be applied;
     `scaling` is the built-in scaler's ScalingActive condition; `problem` is why a worker
-    pod cannot run (pod_problem), if one cannot."""
+    pod cannot run (pod_problem), if one cannot; `unready` makes Ready False though
+    everything was applied (an image pull Secret that cannot be mirrored)."""
     now = now or now_iso()
     ok = accepted.ok
     r = rollout_of(deployment)
@@ -286,6 +288,9 @@ def pool_status(
     )
     if ok and blocked is None and draining and not paused:
         conds[-1] = condition(RECONCILING, True, DRAINING, draining)
+    if ok and blocked is None and unready is not None and not paused:
+        ready = condition(READY, False, unready.reason, unready.message)
+        conds = [ready if c["type"] == READY else c for c in conds]
     if ok and blocked is None and scaling is not None:
         conds.append(condition(SCALING_ACTIVE, scaling.ok, scaling.reason, scaling.message))
     if ok and blocked is None and load is not None:

@@ -28,6 +28,7 @@ pods do). Proved:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -47,10 +48,15 @@ from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.flower import Flower
 from celery_operator.api.kinds import flower_app_key, pool_app_key
 from celery_operator.api.labels import FIELD_MANAGER
+from celery_operator.controllers.secretwatch import view_of
 from celery_operator.plans.celeryapp import AppInputs, plan_app
+from celery_operator.plans.celeryapp import secret_reads as app_secret_reads
 from celery_operator.plans.celeryworkerpool import BROKER, Connection, PoolInputs, plan_pool
+from celery_operator.plans.celeryworkerpool import secret_reads as pool_secret_reads
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import FlowerInputs, plan_flower
+from celery_operator.plans.flower import secret_reads as flower_secret_reads
+from celery_operator.plans.secrets import SecretKey, SecretView
 from tests.e2e.test_controllers import FLOWER, app, deep_merge, pool, secret
 from tests.e2e.test_crash_recovery import managed
 from tests.e2e.test_failover import role
@@ -195,56 +201,67 @@ def deployments(cluster: Cluster, ns: str) -> dict[str, DeploymentState]:
     }
 
 
+def secret_views(cluster: Cluster, keys: tuple[SecretKey, ...]) -> dict[SecretKey, SecretView]:
+    """The Secrets as the controllers' Secret poller reads them."""
+    return {
+        (ns, name): view_of(
+            cluster.get("secret", name, ns) if cluster.exists("secret", name, ns) else None
+        )
+        for ns, name in keys
+    }
+
+
 def head_deployments(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
     """The Deployments HEAD's plans render for the objects as they are now (read through
-    HEAD's CRDs, with their defaults), given what the controllers would gather."""
+    HEAD's CRDs, with their defaults), given what the controllers would gather (the
+    Secrets their pods read included: their checksum is on the pod templates)."""
     apps = {a["metadata"]["name"]: a for a in items(cluster, "celeryapps", ns)}
     pools = items(cluster, "celeryworkerpools", ns)
     flowers = items(cluster, "flowers", ns)
     labels = cluster.get("namespace", ns)["metadata"].get("labels") or {}
     children: list[tuple[str, tuple[dict[str, Any], ...] | None]] = []
     for name, body in apps.items():
-        plan = plan_app(
-            AppInputs(
-                key=(ns, name),
-                body=body,
-                app=parse(CeleryApp, body),
-                pools=[],
-                flowers=[],
-                beat=None,
-                now="",
-            )
+        app_inputs = AppInputs(
+            key=(ns, name),
+            body=body,
+            app=parse(CeleryApp, body),
+            pools=[],
+            flowers=[],
+            beat=None,
+            now="",
         )
+        secrets = secret_views(cluster, app_secret_reads(app_inputs))
+        plan = plan_app(dataclasses.replace(app_inputs, secrets=secrets))
         children.append((f"app {name}", plan.children))
     for body in pools:
-        pool_plan = plan_pool(
-            PoolInputs(
-                key=(ns, body["metadata"]["name"]),
-                body=body,
-                pool=parse(CeleryWorkerPool, body),
-                app=parse_app(apps.get(pool_app_key(body)[1])),
-                namespace_labels=labels,
-                deployment=None,
-                now="",
-                connections={BROKER: Connection(url=BROKER_URL)},
-            )
+        pool_inputs = PoolInputs(
+            key=(ns, body["metadata"]["name"]),
+            body=body,
+            pool=parse(CeleryWorkerPool, body),
+            app=parse_app(apps.get(pool_app_key(body)[1])),
+            namespace_labels=labels,
+            deployment=None,
+            now="",
+            connections={BROKER: Connection(url=BROKER_URL)},
         )
+        secrets = secret_views(cluster, pool_secret_reads(pool_inputs))
+        pool_plan = plan_pool(dataclasses.replace(pool_inputs, secrets=secrets))
         children.append((f"pool {body['metadata']['name']}", pool_plan.children))
     for body in flowers:
         same_app = [f for f in flowers if flower_app_key(f) == flower_app_key(body)]
-        flower_plan = plan_flower(
-            FlowerInputs(
-                key=(ns, body["metadata"]["name"]),
-                body=body,
-                flower=parse(Flower, body),
-                app=parse_app(apps.get(flower_app_key(body)[1])),
-                siblings=[
-                    (f["metadata"]["creationTimestamp"], f["metadata"]["name"]) for f in same_app
-                ],
-                deployment=None,
-                now="",
-            )
+        flower_inputs = FlowerInputs(
+            key=(ns, body["metadata"]["name"]),
+            body=body,
+            flower=parse(Flower, body),
+            app=parse_app(apps.get(flower_app_key(body)[1])),
+            siblings=[
+                (f["metadata"]["creationTimestamp"], f["metadata"]["name"]) for f in same_app
+            ],
+            deployment=None,
+            now="",
         )
+        secrets = secret_views(cluster, flower_secret_reads(flower_inputs))
+        flower_plan = plan_flower(dataclasses.replace(flower_inputs, secrets=secrets))
         children.append((f"flower {body['metadata']['name']}", flower_plan.children))
     out = {}
     for who, rendered in children:

@@ -102,6 +102,7 @@ CASES: dict[str, dict[str, Any]] = {
             "watchNamespaces": ["shop", "team-a"],
             "workers": 4,
             "resyncSeconds": 120,
+            "secretPollSeconds": 5,
             "logLevel": "DEBUG",
             "extraArgs": ["--bind-address=0.0.0.0"],
             "podAnnotations": {"example.com/a": "b"},
@@ -651,6 +652,9 @@ def test_container_args_are_accepted_by_the_cli(helm: Helm, case: str) -> None:
         if args.command == "run":
             assert args.namespace == (
                 CASES[case].get("operator", {}).get("watchNamespaces") or None
+            )
+            assert args.secret_poll_seconds == (
+                CASES[case].get("operator", {}).get("secretPollSeconds", 30)
             )
             port = {p["name"]: p["containerPort"] for p in c["ports"]}
             assert (args.liveness_port, args.metrics_port) == (port["healthz"], port["metrics"])

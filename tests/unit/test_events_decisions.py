@@ -13,7 +13,7 @@ import pytest
 
 from celery_operator.api.conditions import POD_PROBLEM_REASONS, Blocker
 from celery_operator.api.events import EVENTS
-from celery_operator.api.labels import HASH_ANNOTATION
+from celery_operator.api.labels import HASH_ANNOTATION, MIRROR_OF_ANNOTATION
 from celery_operator.controllers.events import (
     EventMemory,
     Lru,
@@ -183,6 +183,34 @@ def test_a_mirrored_connection_secret_says_so() -> None:
     )
 
 
+def test_a_mirrored_image_pull_secret_says_so() -> None:
+    secret = child("Secret", "shop-emails-pull-regcred", None, "3")
+    secret["metadata"]["annotations"][MIRROR_OF_ANNOTATION] = "shop/regcred"
+    ev = child_event(POOL, "created", secret)
+    assert (ev.reason, ev.note) == (
+        "SecretMirrored",
+        "Mirrored the image pull Secret shop/regcred of CeleryApp shop/shop into namespace "
+        "team-a as Secret shop-emails-pull-regcred",
+    )
+    ev = child_event(POOL, "updated", secret)
+    assert (ev.reason, ev.note) == (
+        "SecretMirrored",
+        "Updated the mirrored Secret shop-emails-pull-regcred: the image pull Secret "
+        "shop/regcred of CeleryApp shop/shop changed",
+    )
+    # On anything but a pool, the annotation means nothing.
+    app = {**POOL, "kind": "CeleryApp"}
+    assert child_event(app, "created", secret).reason == "Created"
+
+
+def test_a_pull_secret_that_cannot_be_mirrored_is_a_warning_once() -> None:
+    ready = ("True", "Available", "2/2 worker replicas ready")
+    why = ("False", "PullSecretUnreadable", "spec.imagePullSecrets of CeleryApp shop/shop: ...")
+    (ev,) = status_events(POOL, {"Ready": ready}, {"Ready": why})
+    assert (ev.reason, ev.type) == ("PullSecretUnreadable", "Warning")
+    assert status_events(POOL, {"Ready": why}, {"Ready": why}) == []
+
+
 def test_a_rollout_finishes_once_its_generation_is_complete() -> None:
     d = deployment(replicas=3, ready=1, updated=1)
     d["metadata"]["generation"] = 2
@@ -331,8 +359,9 @@ def test_what_a_status_change_tells(
 
 def test_every_warning_of_ready_is_a_documented_event() -> None:
     from celery_operator.api.events import BLOCKING_REASONS, BY_REASON
+    from celery_operator.controllers.events import WARN_READY
 
-    for reason in (*BLOCKING_REASONS, *POD_PROBLEM_REASONS, "RolloutFailed"):
+    for reason in (*BLOCKING_REASONS, *POD_PROBLEM_REASONS, "RolloutFailed", *WARN_READY):
         assert BY_REASON[reason].type == "Warning"
 
 

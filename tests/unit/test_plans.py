@@ -30,6 +30,7 @@ from celery_operator.plans.celeryworkerpool import (
 )
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import FlowerInputs, plan_flower
+from celery_operator.plans.secrets import SecretView
 from celery_operator.plans.workers import PodView
 from celery_operator.scaling.workers import Heartbeat, PoolHeartbeats
 from tests.support import objects as o
@@ -140,6 +141,7 @@ def pool_inputs(
 
 
 CROSS = {BROKER: Connection(REDIS), RESULT_BACKEND: Connection(REDIS)}
+DOCKER = SecretView(True, "kubernetes.io/dockerconfigjson", {".dockerconfigjson": "e30="})
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,58 @@ POOL_CASES = [
         {"Ready": ("False", "Creating")},
         children=("Secret", "Deployment", "PodDisruptionBudget"),
         check=_pool_checks(replicas=3),
+    ),
+    Case(
+        "cross-namespace-mirrors-the-image-pull-secrets",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            TEAM,
+            spec={"autoscaling": None},
+            app=app_body(spec={"imagePullSecrets": [{"name": "regcred"}]}),
+            connections=CROSS,
+            secrets={("shop", "regcred"): DOCKER},
+        ),
+        {"Ready": ("True", "Available"), "Reconciling": ("False", "Complete")},
+        deployment=deployment(),
+        children=("Secret", "Secret", "Deployment", "PodDisruptionBudget"),
+        check=lambda plan, status: (
+            plan.children[1]["type"] == "kubernetes.io/dockerconfigjson"
+            or pytest.fail(str(plan.children[1]))
+        ),
+    ),
+    Case(
+        "an-image-pull-secret-cannot-be-mirrored",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            TEAM,
+            spec={"autoscaling": None},
+            app=app_body(spec={"imagePullSecrets": [{"name": "regcred"}]}),
+            connections=CROSS,
+        ),
+        {
+            "Accepted": ("True", "Bound"),
+            "Ready": ("False", "PullSecretUnreadable"),
+            "Reconciling": ("False", "Complete"),
+        },
+        deployment=deployment(),
+        # Everything else is applied; the mirror is neither rebuilt nor deleted.
+        children=("Secret", "Deployment", "PodDisruptionBudget"),
+        check=lambda plan, status: (
+            _says(status, "Ready", "Secret shop/regcred (it does not exist)", "namespace team-a")
+            or plan.keep_secrets == ("shop-emails-pull-regcred",)
+            or pytest.fail(str(plan.keep_secrets))
+        ),
+    ),
+    Case(
+        "status-only-keeps-a-pull-secret-problem",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            TEAM,
+            apply=False,
+            status=conflict_status("PullSecretUnreadable"),
+        ),
+        {"Ready": ("False", "PullSecretUnreadable"), "Reconciling": ("False", "Complete")},
+        deployment=deployment(),
     ),
     Case(
         "hpa-takes-replicas-over",

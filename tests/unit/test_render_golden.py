@@ -15,7 +15,7 @@ import pytest
 
 from celery_operator.brokerurl import parse_broker_url
 from celery_operator.render import autoscaling, celeryapp, celeryworkerpool, flower
-from celery_operator.render.common import owner_reference
+from celery_operator.render.common import owner_reference, with_secret_checksum
 from tests.support import objects as o
 from tests.support import yamlio
 
@@ -180,6 +180,25 @@ CASES: dict[str, Callable[[], Any]] = {
         ),
         None,
         replicas=1,
+    ),
+    "worker-team-pull-secret-mirrors": lambda: with_secret_checksum(
+        celeryworkerpool.build_worker_deployment(
+            o.app(spec={"imagePullSecrets": [{"name": "regcred"}, {"name": "mirror-of-ecr"}]}),
+            o.pool(TEAM),
+            None,
+            replicas=None,
+            connection_secret="shop-emails-connection",
+            pull_secrets=["shop-emails-pull-regcred", "shop-emails-pull-mirror-of-ecr"],
+        ),
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    ),
+    "pull-secret-mirror": lambda: celeryworkerpool.build_pull_secret_mirror(
+        o.app(spec={"imagePullSecrets": [{"name": "regcred"}]}),
+        o.pool(TEAM),
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        {".dockerconfigjson": "eyJhdXRocyI6IHt9fQ=="},
+        _pool_owner(o.pool(TEAM)),
     ),
     "connection-secret": lambda: celeryworkerpool.build_connection_secret(
         o.app(),

@@ -188,12 +188,14 @@ def test_a_new_name_key_or_use_is_checked() -> None:
 
 
 def test_a_new_worker_pool_policy_rechecks_the_mirrored_secrets_only() -> None:
-    # The policy decides which namespaces get mirrors of the broker and backend Secrets.
+    # The policy decides which namespaces get mirrors of the broker, backend and image
+    # pull Secrets.
     wider = copy.deepcopy(FULL_APP)
     wider["spec"]["workerPoolPolicy"] = {"namespaceSelector": {}}
     assert paths(changed_refs("CeleryApp", wider, FULL_APP)) == [
         ("spec.broker.url.secretKeyRef.name", "shop-broker"),
         ("spec.resultBackend.url.secretKeyRef.name", "shop-backend"),
+        ("spec.imagePullSecrets[0].name", "regcred"),
     ]
 
 

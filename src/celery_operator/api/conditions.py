@@ -41,6 +41,9 @@ APP_INVALID = "AppInvalid"
 BROKER_UNREADABLE = "BrokerUnreadable"
 CHILD_CONFLICT = "ChildConflict"
 CHILD_REJECTED = "ChildRejected"  # the apiserver refuses a rendered child (422 Invalid)
+# An image pull Secret of the app cannot be mirrored into a pool's namespace (missing or
+# unreadable): everything else is applied, its mirror is kept as it was.
+PULL_SECRET_UNREADABLE = "PullSecretUnreadable"
 
 # ---- binding ------------------------------------------------------------------------------
 BOUND = "Bound"

@@ -20,6 +20,7 @@ from celery_operator.api.conditions import (
     INVALID_SPEC,
     NAMESPACE_NOT_ALLOWED,
     POD_PROBLEM_REASONS,
+    PULL_SECRET_UNREADABLE,
     ROLLOUT_FAILED,
 )
 
@@ -103,8 +104,8 @@ EVENTS: tuple[EventReason, ...] = (
         NORMAL,
         "Mirror",
         POOLS,
-        "the app's connection Secret was mirrored into a team namespace, or the mirror "
-        "was updated because the app's Secret changed",
+        "the app's connection Secret, or one of its image pull Secrets, was mirrored into "
+        "a team namespace, or a mirror was updated because the app's Secret changed",
     ),
     EventReason(
         ROLLOUT_STARTED,
@@ -199,6 +200,14 @@ EVENTS: tuple[EventReason, ...] = (
         "Reconcile",
         POOLS,
         "the app's broker URL cannot be read (its Secret) or parsed",
+    ),
+    EventReason(
+        PULL_SECRET_UNREADABLE,
+        WARNING,
+        "Mirror",
+        POOLS,
+        "an image pull Secret of the app cannot be mirrored into the pool's namespace (it "
+        "does not exist, or cannot be read): its mirror is left as it was, the rest is applied",
     ),
     EventReason(
         CHILD_CONFLICT,

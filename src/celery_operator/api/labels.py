@@ -28,6 +28,16 @@ OWNED_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
 
 # A hash of the manifest the operator last applied to a child (the applied-hash skip).
 HASH_ANNOTATION = "celeryproject.org/applied-hash"
+# On the pod template (and the metadata) of the worker, beat and Flower Deployments: a
+# checksum of the Secret data their containers read at start (env, envFrom). It changes
+# when that data changes, so the pods roll once, through the Deployment's own rollout.
+SECRET_CHECKSUM_ANNOTATION = "celeryproject.org/secret-checksum"
+# On the worker Deployment of a pool outside its app's namespace: the names of the
+# operator's mirrors of the app's image pull Secrets (Secrets are not watched: after a
+# restart, this says which ones to delete when they are no longer wanted).
+PULL_SECRET_MIRRORS_ANNOTATION = "celeryproject.org/pull-secret-mirrors"
+# On such a mirror: the Secret it copies ("<namespace>/<name>").
+MIRROR_OF_ANNOTATION = "celeryproject.org/mirror-of"
 
 MAX_LABEL_VALUE = 63
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.kinds import APP, FLOWER, POOL, Key
 from celery_operator.controllers.context import ROLLUP_DELAY, Context
-from celery_operator.plans.celeryapp import AppInputs, AppPlan, beat_ident, plan_app
+from celery_operator.plans.celeryapp import (
+    AppInputs,
+    AppPlan,
+    beat_ident,
+    plan_app,
+    secret_reads,
+)
 from celery_operator.plans.common import parse
 
 
 def reconcile_app(ctx: Context, key: Key, *, apply: bool = True) -> None:
     inputs = gather_app(ctx, key, apply)
-    if inputs is not None:
-        apply_app(ctx, plan_app(inputs))
+    if inputs is None:
+        ctx.secrets.forget((APP.task, key))
+        return
+    apply_app(ctx, plan_app(inputs))
 
 
 def gather_app(ctx: Context, key: Key, apply: bool) -> AppInputs | None:
-    """The app, the pools and Flowers that name it, its beat Deployment, the clock."""
+    """The app, the pools and Flowers that name it, its beat Deployment, the clock, and
+    the Secrets beat's pods read (through the Secret poller)."""
     body = ctx.cache.get(APP.name, key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
-    return AppInputs(
+    inputs = AppInputs(
         key=key,
         body=body,
         app=parse(CeleryApp, body),
@@ -32,6 +42,11 @@ def gather_app(ctx: Context, key: Key, apply: bool) -> AppInputs | None:
         now=ctx.now(),
         apply=apply,
         beat_problem=ctx.cache.pod_problem((key[0], APP.pod_component, key[1])),
+    )
+    if not apply:  # a status-only pass reads no Secret (and leaves the references)
+        return inputs
+    return dataclasses.replace(
+        inputs, secrets=ctx.secrets.read((APP.task, key), secret_reads(inputs))
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -9,7 +11,7 @@ from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
-from celery_operator.api.kinds import APP, POOL, Key, pool_app_key
+from celery_operator.api.kinds import APP, POOL, SECRET, Key, pool_app_key
 from celery_operator.controllers import metrics
 from celery_operator.controllers.context import ROLLUP_DELAY, Context
 from celery_operator.controllers.events import drain_event, scale_event
@@ -24,9 +26,11 @@ from celery_operator.plans.celeryworkerpool import (
     ScalerView,
     deployment_ident,
     plan_pool,
+    secret_reads,
     wanted_reads,
 )
 from celery_operator.plans.common import parse, parse_app
+from celery_operator.plans.secrets import ABSENT, SecretKey, SecretView
 from celery_operator.plans.workers import WorkerPlan
 from celery_operator.render.autoscaling import autoscaler_engine
 from celery_operator.scaling.probes import BrokerUnreachableError
@@ -42,13 +46,16 @@ def reconcile_pool(ctx: Context, key: Key, *, apply: bool = True) -> None:
             ctx.scaler.untrack(key)
         if ctx.monitors is not None:
             ctx.monitors.unwatch(key)
+        ctx.secrets.forget((POOL.task, key))
         return
     apply_pool(ctx, plan_pool(inputs))
 
 
 def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
     """The pool, its app, its namespace's labels, its Deployment, the scaler's view, the
-    clock; the app's connection URLs and KEDA's presence only when the plan needs them."""
+    clock; the Secrets the plan reads (through the Secret poller, which reconciles the
+    pool when one of them changes), the app's connection URLs and KEDA's presence only
+    when the plan needs them."""
     body = ctx.cache.get(POOL.name, key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
@@ -68,6 +75,10 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
         epoch=ctx.epoch(),
         observe=ctx.observe_seconds,
     )
+    if not apply:  # a status-only pass reads no Secret (and leaves the references)
+        return inputs
+    secrets = ctx.secrets.read((POOL.task, key), secret_reads(inputs))
+    inputs = dataclasses.replace(inputs, secrets=secrets)
     reads = wanted_reads(inputs)
     if not reads:
         return inputs
@@ -75,7 +86,7 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
     assert isinstance(pool, CeleryWorkerPool)
     return dataclasses.replace(
         inputs,
-        connections={which: read_connection(inputs.app, which) for which in reads},
+        connections={which: read_connection(inputs.app, which, secrets) for which in reads},
         keda_installed=autoscaler_engine(pool) != "keda" or ctx.keda_installed(),
     )
 
@@ -93,8 +104,10 @@ def _scaler_view(ctx: Context, key: Key) -> ScalerView | None:
     )
 
 
-def read_connection(app: CeleryApp, which: str) -> Connection:
-    """A connection URL of the app ("broker" or "resultBackend"), read from its Secret."""
+def read_connection(
+    app: CeleryApp, which: str, secrets: Mapping[SecretKey, SecretView]
+) -> Connection:
+    """A connection URL of the app ("broker" or "resultBackend"), from its Secret as read."""
     conn = app.spec.broker if which == BROKER else app.spec.result_backend
     if conn is None:
         return Connection()
@@ -102,16 +115,22 @@ def read_connection(app: CeleryApp, which: str) -> Connection:
         return Connection(url=conn.url.value)
     ref = conn.url.secret_key_ref or {}
     ns, name, key = app.metadata["namespace"], ref.get("name", ""), ref.get("key", "")
-    try:
-        value = client.get_secret_value(ns, name, key)
-    except client.ApiError as e:
-        return Connection(problem=f"cannot read Secret {ns}/{name}: {e.reason}")
-    if value is None:
+    view = secrets.get((ns, name), ABSENT)
+    if view.error:
+        return Connection(problem=f"Secret {ns}/{name}: {view.error}")
+    raw = view.data.get(key) if view.exists else None
+    if raw is None:
         return Connection(
             problem=f"spec.{which}.url.secretKeyRef: Secret {ns}/{name} or its key {key!r} "
             "does not exist"
         )
-    return Connection(url=value)
+    try:
+        return Connection(url=base64.b64decode(raw).decode())
+    except (binascii.Error, UnicodeDecodeError):
+        return Connection(
+            problem=f"spec.{which}.url.secretKeyRef: Secret {ns}/{name} key "
+            f"{key!r} is not UTF-8 text"
+        )
 
 
 def apply_pool(ctx: Context, plan: PoolPlan) -> None:
@@ -133,9 +152,11 @@ def apply_pool(ctx: Context, plan: PoolPlan) -> None:
     cached = ctx.cache.child(uid, *ident)
     if plan.hand_off_replicas and cached is not None:
         hand_off_replicas({"apiVersion": "apps/v1", "kind": "Deployment", **cached})
-    deployment, conflict = ctx.apply_children(body, plan.children, ident)
+    keep = [(SECRET.resource.key, plan.key[0], name) for name in plan.keep_secrets]
+    deployment, conflict = ctx.apply_children(body, plan.children, ident, keep)
     if plan.children is not None and conflict is None:
         _tell_scaled(ctx, plan, cached, deployment)
+        ctx.delete_secrets(body, plan.stale_secrets, "the app no longer names its source")
     ctx.follow_rollout(body, deployment)
     status = plan.status(deployment, conflict)
     ctx.write_status(body, POOL, status)

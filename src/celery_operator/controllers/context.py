@@ -29,6 +29,7 @@ from celery_operator.controllers.events import (
     template_digest,
 )
 from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s import client
 from celery_operator.k8s.children import ChildConflictError, apply_owned, delete_owned
 from celery_operator.k8s.events import Event, NullRecorder, Recorder
@@ -63,6 +64,8 @@ class Context:
     events: Recorder = field(default_factory=NullRecorder)
     memory: EventMemory = field(default_factory=EventMemory)
     observe_seconds: float | None = None  # every pool measured for the metrics this often
+    # The Secrets the objects name, polled (the operator may not watch Secrets).
+    secrets: SecretWatch = field(default_factory=SecretWatch)
 
     def __post_init__(self) -> None:
         if self.keda is None:
@@ -91,16 +94,20 @@ class Context:
             self.events.record(ev)
 
     def apply_children(
-        self, owner: Mapping[str, Any], desired: Iterable[Mapping[str, Any]] | None, watch: Ident
+        self,
+        owner: Mapping[str, Any],
+        desired: Iterable[Mapping[str, Any]] | None,
+        watch: Ident,
+        keep: Iterable[Ident] = (),
     ) -> tuple[dict[str, Any] | None, Blocker | None]:
-        """Applies the desired children (None: changes none). Returns the child `watch`
-        as it is now (the status follows it) and the ChildConflict or ChildRejected that
-        stopped the apply, if one did."""
+        """Applies the desired children (None: changes none), and deletes the others but
+        those named in `keep`. Returns the child `watch` as it is now (the status follows
+        it) and the ChildConflict or ChildRejected that stopped the apply, if one did."""
         cached = self.cache.child(owner["metadata"]["uid"], *watch)
         if desired is None:
             return cached, None
         try:
-            live = self.sync_children(owner, desired)
+            live = self.sync_children(owner, desired, keep)
         except ChildConflictError as e:
             return cached, Blocker(CHILD_CONFLICT, str(e))
         except client.ApiError as e:
@@ -113,11 +120,15 @@ class Context:
         return live.get(watch) or cached, None
 
     def sync_children(
-        self, owner: Mapping[str, Any], desired: Iterable[Mapping[str, Any]]
+        self,
+        owner: Mapping[str, Any],
+        desired: Iterable[Mapping[str, Any]],
+        keep: Iterable[Ident] = (),
     ) -> dict[Ident, dict[str, Any]]:
         """Applies every desired child and deletes the owner's children that are no longer
-        desired. A child that still holds what was last applied (its hash, its generation,
-        its content) is skipped.
+        desired (but those in `keep`: not rebuilt now, yet still wanted). A child that
+        still holds what was last applied (its hash, its generation, its content) is
+        skipped.
         Raises ChildConflictError for a name taken by another owner's object."""
         owner_uid = owner["metadata"]["uid"]
         owned = self.cache.owned(owner_uid)
@@ -151,8 +162,9 @@ class Context:
             self.cache.put_child(result, deleted=False, from_write=True)
             self._tell_applied(owner, m, before, result, digest)
             live[key] = self.cache.child(owner_uid, *key) or result
+        kept = set(keep)
         for key, obj in owned.items():
-            if key not in live:
+            if key not in live and key not in kept:
                 api_version, kind = key[0].rsplit("/", 1)
                 log.info("deleting %s %s/%s: no longer desired", kind, key[1], key[2])
                 client.delete_object(api_version, kind, key[2], key[1], uid=obj["metadata"]["uid"])

@@ -4,8 +4,9 @@ what the operator had cached (the plans stay pure and know nothing of Events).
 - A child applied: compared with the object as it was before (cached, or read) and with
   what this process applied last: Created, Updated, DriftRepaired (deleted or edited by
   someone else), RolloutStarted (a Deployment's pod template changed), SecretMirrored (a
-  pool's connection Secret in a team namespace). A child applied again that the server
-  left as it was (a resync, a restart) posts nothing.
+  pool's copy of its app's connection Secret, or of one of its image pull Secrets, in a
+  team namespace). A child applied again that the server left as it was (a resync, a
+  restart) posts nothing.
 - A child deleted: Deleted, with why.
 - The worker Deployment's replicas changed: Scaled (from, to, why); a drain of busy
   workers: DrainStarted, DrainTimedOut, DrainAbandoned.
@@ -38,6 +39,7 @@ from celery_operator.api.conditions import (
     LOAD_OBSERVED,
     PAUSED,
     POD_PROBLEM_REASONS,
+    PULL_SECRET_UNREADABLE,
     READY,
     RECONCILING,
     ROLLING_OUT,
@@ -65,7 +67,7 @@ from celery_operator.api.events import (
 )
 from celery_operator.api.events import PAUSED as PAUSED_EVENT
 from celery_operator.api.kinds import POOL, pool_app_key
-from celery_operator.api.labels import HASH_ANNOTATION
+from celery_operator.api.labels import HASH_ANNOTATION, MIRROR_OF_ANNOTATION
 from celery_operator.k8s.events import Event, event
 from celery_operator.plans.workers import WorkerPlan
 from celery_operator.render.common import connection_secret_name
@@ -74,9 +76,12 @@ from celery_operator.status import rollout_of
 Body = Mapping[str, Any]
 Change = Literal["created", "recreated", "repaired", "updated", "rollout"]
 
-# Ready=False reasons worth a Warning: nothing could be applied, a rollout failed, or a
-# pod cannot run. (Creating and Progressing are the ordinary way to Ready.)
-WARN_READY = frozenset((*BLOCKING_REASONS, ROLLOUT_FAILED, *POD_PROBLEM_REASONS))
+# Ready=False reasons worth a Warning: nothing could be applied, a rollout failed, a pod
+# cannot run, or a pull Secret cannot be mirrored. (Creating and Progressing are the
+# ordinary way to Ready.)
+WARN_READY = frozenset(
+    (*BLOCKING_REASONS, ROLLOUT_FAILED, *POD_PROBLEM_REASONS, PULL_SECRET_UNREADABLE)
+)
 # Reconciling reasons of normal operation: leaving Paused for one of these is Resumed.
 RUNNING = frozenset((CREATING, ROLLING_OUT, COMPLETE, DRAINING, ROLLOUT_FAILED))
 
@@ -147,27 +152,38 @@ def _replicas(obj: Body) -> Any:
     return (obj.get("spec") or {}).get("replicas")
 
 
-def is_mirror(owner: Body, child: Body) -> bool:
-    """The pool's copy of its app's connection Secret (in the pool's namespace)."""
+def mirrored(owner: Body, child: Body) -> str | None:
+    """What a pool's Secret copies, when it is one of its mirrors (in the pool's
+    namespace): "the connection Secret", or "the image pull Secret <namespace>/<name>"."""
     if owner.get("kind") != POOL.name or child.get("kind") != "Secret":
-        return False
+        return None
+    meta = child.get("metadata") or {}
+    source = (meta.get("annotations") or {}).get(MIRROR_OF_ANNOTATION)
+    if source:
+        return f"the image pull Secret {source}"
     name = connection_secret_name(pool_app_key(owner)[1], owner["metadata"]["name"])
-    return bool((child.get("metadata") or {}).get("name") == name)
+    return "the connection Secret" if meta.get("name") == name else None
 
 
 def child_event(owner: Body, change: Change, child: Body) -> Event:
     what = named(child)
-    if is_mirror(owner, child):
+    source = mirrored(owner, child)
+    if source is not None:
         app_ns, app_name = pool_app_key(owner)
         ns = child["metadata"].get("namespace", "")
         if change == "created":
             note = (
-                f"Mirrored the connection Secret of CeleryApp {app_ns}/{app_name} into "
+                f"Mirrored {source} of CeleryApp {app_ns}/{app_name} into "
                 f"namespace {ns} as Secret {child['metadata']['name']}"
             )
             return event(owner, SECRET_MIRRORED, note, child)
         if change == "updated":
-            note = f"Updated the mirrored {what}: the connection of CeleryApp {app_ns}/{app_name} changed"
+            changed = (
+                f"the connection of CeleryApp {app_ns}/{app_name}"
+                if source == "the connection Secret"
+                else f"{source} of CeleryApp {app_ns}/{app_name}"
+            )
+            note = f"Updated the mirrored {what}: {changed} changed"
             return event(owner, SECRET_MIRRORED, note, child)
     if change == "created":
         return event(owner, CREATED, f"Created {what}", child)

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from celery_operator.api.flower import Flower
 from celery_operator.api.kinds import APP, FLOWER, Key, flower_app_key
 from celery_operator.controllers.context import ROLLUP_DELAY, Context
 from celery_operator.plans.common import parse, parse_app
-from celery_operator.plans.flower import FlowerInputs, FlowerPlan, deployment_ident, plan_flower
+from celery_operator.plans.flower import (
+    FlowerInputs,
+    FlowerPlan,
+    deployment_ident,
+    plan_flower,
+    secret_reads,
+)
 
 
 def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
     inputs = gather_flower(ctx, key, apply)
-    if inputs is not None:
-        apply_flower(ctx, plan_flower(inputs))
+    if inputs is None:
+        ctx.secrets.forget((FLOWER.task, key))
+        return
+    apply_flower(ctx, plan_flower(inputs))
 
 
 def gather_flower(ctx: Context, key: Key, apply: bool) -> FlowerInputs | None:
-    """The Flower, its app, the other Flowers of that app, its Deployment, the clock."""
+    """The Flower, its app, the other Flowers of that app, its Deployment, the clock, and
+    the Secrets its pod reads (through the Secret poller)."""
     body = ctx.cache.get(FLOWER.name, key)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     app_key = flower_app_key(body)
-    return FlowerInputs(
+    inputs = FlowerInputs(
         key=key,
         body=body,
         flower=parse(Flower, body),
@@ -36,6 +46,11 @@ def gather_flower(ctx: Context, key: Key, apply: bool) -> FlowerInputs | None:
         now=ctx.now(),
         apply=apply,
         problem=ctx.cache.pod_problem((key[0], FLOWER.pod_component, key[1])),
+    )
+    if not apply:  # a status-only pass reads no Secret (and leaves the references)
+        return inputs
+    return dataclasses.replace(
+        inputs, secrets=ctx.secrets.read((FLOWER.task, key), secret_reads(inputs))
     )
 
 

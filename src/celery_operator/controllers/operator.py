@@ -48,6 +48,7 @@ from celery_operator.controllers.health import Health
 from celery_operator.controllers.leader import IS_LEADER, ElectionConfig, LeaderElector
 from celery_operator.controllers.metrics import CeleryCollector
 from celery_operator.controllers.runtime import WorkQueue
+from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s.events import EventRecorder
 from celery_operator.k8s.informer import Informer, wait_synced
 from celery_operator.k8s.objects import controller_ref
@@ -82,10 +83,19 @@ class OperatorConfig:
     # Every pool's queues are measured for the metrics this often (0: only the pools the
     # built-in scaler scales), and every pool's workers listened to.
     celery_metrics_interval: float = 30.0
+    # How often each Secret the objects name is read again (a change rolls their pods).
+    secret_poll_seconds: float = 30.0
 
 
-def build_context(workers: int, identity: str = "", observe: float | None = None) -> Context:
+def build_context(
+    workers: int,
+    identity: str = "",
+    secret_poll_seconds: float = 30.0,
+    observe: float | None = None,
+) -> Context:
     ctx = Context(cache=Cache(), queue=WorkQueue({}, workers=workers), observe_seconds=observe)
+    # A Secret some object names changed: its owners reconcile (new mirrors, checksums).
+    ctx.secrets = SecretWatch(secret_poll_seconds, on_change=ctx.queue.add)
     # Our Events (kopf's posting is off): `identity` names this replica in them.
     ctx.events = EventRecorder(instance=identity or f"{socket.gethostname()}/{os.getpid()}")
     # A pool's workers changed load: a status pass writes the deletion costs (batched).
@@ -248,12 +258,14 @@ def register(
         await ctx.queue.start()
         if ctx.scaler is not None:
             ctx.scaler.start()
+        ctx.secrets.start()
         background.append(asyncio.create_task(resync(ctx, config.resync_seconds)))
         background.append(asyncio.create_task(heartbeat(health)))
         log.info(
-            "celery-operator started: %d workers, resync every %.0fs",
+            "celery-operator started: %d workers, resync every %.0fs, Secrets polled every %.0fs",
             config.workers,
             config.resync_seconds,
+            config.secret_poll_seconds,
         )
 
     @kopf.on.cleanup(registry=registry)
@@ -266,6 +278,7 @@ def register(
             task.cancel()
         if ctx.scaler is not None:
             ctx.scaler.stop()
+        ctx.secrets.stop()
         if ctx.monitors is not None:
             ctx.monitors.stop()
         await ctx.queue.stop()
@@ -330,7 +343,9 @@ def run(config: OperatorConfig) -> None:
         if elector is None:  # one replica, no Lease: it leads (the no-leader alert reads it)
             IS_LEADER.labels(me).set(1)
         observe = config.celery_metrics_interval
-        ctx = build_context(config.workers, me, observe if observe > 0 else None)
+        ctx = build_context(
+            config.workers, me, config.secret_poll_seconds, observe if observe > 0 else None
+        )
         # The leader's Celery figures (a standby has none: it holds no objects).
         REGISTRY.register(CeleryCollector(ctx))
         registry = kopf.OperatorRegistry()

@@ -44,6 +44,7 @@ from celery_operator.api.conditions import (
     POD_PROBLEM_REASONS,
     POLLING,
     PROGRESSING,
+    PULL_SECRET_UNREADABLE,
     QUEUE_LENGTH_READ,
     READY,
     RECONCILING,
@@ -266,6 +267,15 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                 ),
                 *_ROLLOUT_READY[1:],
                 *_pod_problems("worker"),
+                _r(
+                    "False",
+                    PULL_SECRET_UNREADABLE,
+                    "A pool outside its app's namespace: an image pull Secret of the app does "
+                    "not exist or cannot be read, so its mirror in the pool's namespace cannot "
+                    "be written (the message names it). Everything else is applied; a mirror "
+                    "written before is left as it was. Clears by itself once the Secret can "
+                    "be read (it is polled).",
+                ),
                 *_BLOCKED_POOL,
             ),
         ),

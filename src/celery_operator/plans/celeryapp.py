@@ -10,14 +10,22 @@ that the pools and Flower applied with the app are in its first status.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator.api.celeryapp import MAX_POOLS_IN_STATUS, CeleryApp
 from celery_operator.api.conditions import Blocker
 from celery_operator.api.kinds import APP, DEPLOYMENT, Key
 from celery_operator.plans.common import Body, kept_block
+from celery_operator.plans.secrets import (
+    SecretKey,
+    SecretView,
+    current_checksum,
+    pod_checksum,
+    pod_secret_uses,
+    secrets_of,
+)
 from celery_operator.render import celeryapp as render
 from celery_operator.render import common
 from celery_operator.status import app_status, flower_view, pool_view
@@ -36,6 +44,8 @@ class AppInputs:
     now: str
     apply: bool = True
     beat_problem: Blocker | None = None
+    # The Secrets `secret_reads` names, as last read (one missing here: it does not exist).
+    secrets: Mapping[SecretKey, SecretView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,12 @@ def beat_ident(key: Key) -> tuple[str, str, str]:
     return (DEPLOYMENT.resource.key, key[0], common.beat_deployment_name(key[1]))
 
 
+def secret_reads(i: AppInputs) -> tuple[SecretKey, ...]:
+    """The Secrets beat's pods read at start (their checksum), when this pass renders its
+    Deployment: gather reads exactly these through the operator's Secret poller."""
+    return secrets_of(u for c in plan_app(i).children or () for u in pod_secret_uses(c))
+
+
 def plan_app(i: AppInputs) -> AppPlan:
     base = AppPlan(i.key, i.body, i.pools, i.flowers, i.now, beat_problem=i.beat_problem)
     if isinstance(i.app, Blocker):
@@ -90,5 +106,9 @@ def plan_app(i: AppInputs) -> AppPlan:
     if app.spec.paused:
         return base
     owner = common.owner_reference(i.body, APP.name)
-    beat = (render.build_beat_deployment(app, owner),) if app.spec.beat.enabled else ()
+    beat: tuple[dict[str, Any], ...] = ()
+    if app.spec.beat.enabled:
+        d = render.build_beat_deployment(app, owner)
+        checksum = pod_checksum(pod_secret_uses(d), i.secrets, current_checksum(i.beat))
+        beat = (common.with_secret_checksum(d, checksum),)
     return dataclasses.replace(base, children=beat, rollup_later=True)

@@ -4,7 +4,8 @@ The blocking chain, first match wins: InvalidSpec (the schema, then the validato
 AppNotFound / NamespaceNotAllowed (not accepted: its children are deleted), AppInvalid,
 a status-only pass or a paused app (nothing applied), BrokerUnreadable, InvalidSpec again
 for what needs the broker or KEDA. After apply, a name taken by a foreign object turns
-the status into ChildConflict (`PoolPlan.status`).
+the status into ChildConflict (`PoolPlan.status`). An image pull Secret of the app that
+cannot be mirrored blocks nothing: Ready says PullSecretUnreadable, its mirror is kept.
 """
 
 from __future__ import annotations
@@ -28,14 +29,26 @@ from celery_operator.api.conditions import (
     INVALID_SPEC,
     NOT_SUPPORTED,
     POLLING,
+    PULL_SECRET_UNREADABLE,
     QUEUE_LENGTH_READ,
+    READY,
     Blocker,
     Outcome,
 )
 from celery_operator.api.kinds import DEPLOYMENT, POOL, Key, pool_app_key
-from celery_operator.api.labels import selector
+from celery_operator.api.labels import PULL_SECRET_MIRRORS_ANNOTATION, selector
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.plans.common import Body, app_problems, kept_block
+from celery_operator.plans.secrets import (
+    ABSENT,
+    SecretKey,
+    SecretUse,
+    SecretView,
+    current_checksum,
+    pod_checksum,
+    pod_secret_uses,
+    secrets_of,
+)
 from celery_operator.plans.workers import PodView, WorkerPlan, plan_workers, workers_status
 from celery_operator.render import autoscaling as render_autoscaling
 from celery_operator.render import celeryworkerpool as render
@@ -99,6 +112,8 @@ class PoolInputs:
     # Every pool's queues and workers are measured for the metrics, every this many
     # seconds (None: only the pools that need it for scaling or protection).
     observe: float | None = None
+    # The Secrets `secret_reads` names, as last read (one missing here: it does not exist).
+    secrets: Mapping[SecretKey, SecretView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -112,6 +127,8 @@ class PoolPlan:
     children: tuple[dict[str, Any], ...] | None = None  # None: change no child
     delete_children: bool = False  # not accepted: stop its workers
     known_secrets: tuple[str, ...] = ()  # its Secrets (unwatched: deleted by name)
+    keep_secrets: tuple[str, ...] = ()  # mirrors not rebuilt now (their source is unreadable)
+    stale_secrets: tuple[str, ...] = ()  # mirrors of pull Secrets the app no longer names
     hand_off_replicas: bool = False  # an HPA or KEDA takes spec.replicas over
     track: Target | None = None  # the built-in scaler polls the pool's queues
     untrack: bool = False  # ... or stops polling them
@@ -132,6 +149,7 @@ class PoolPlan:
     load: Outcome | None = None  # LoadObserved
     draining: str = ""  # Reconciling=Draining, its message
     retry_after: float | None = None  # look again (a drain in progress)
+    unready: Blocker | None = None  # Ready=False though everything was applied (pull Secrets)
 
     @property
     def deployment_ident(self) -> tuple[str, str, str]:
@@ -156,6 +174,7 @@ class PoolPlan:
             workers=self.workers,
             load=None if conflict else self.load,
             draining="" if conflict else self.draining,
+            unready=None if conflict else self.unready,
             now=self.now,
         )
 
@@ -192,6 +211,103 @@ def wanted_reads(i: PoolInputs) -> tuple[str, ...]:
         return reads
     assert i.app is not None
     return () if i.app.spec.paused else (BROKER,)
+
+
+def secret_reads(i: PoolInputs) -> tuple[SecretKey, ...]:
+    """Which Secrets the plan reads (gather reads exactly these, through the operator's
+    Secret poller, which reconciles the pool again when one of them changes): the app's
+    connection Secrets that `connection_reads` needs, those the worker pods read at start
+    (their checksum), and for a pool outside the app's namespace the app's image pull
+    Secrets (mirrored). None for a pass that renders nothing."""
+    if not i.apply or _early_block(i) is not None:
+        return ()
+    assert isinstance(i.pool, CeleryWorkerPool)
+    assert i.app is not None
+    pool, app = i.pool, i.app
+    if app.spec.paused or errors(validate_pool_pods(pool, app)):
+        return ()
+    keys: set[SecretKey] = set()
+    for which in wanted_reads(i):
+        conn = app.spec.broker if which == BROKER else app.spec.result_backend
+        ref = None if conn is None else conn.url.secret_key_ref
+        if ref and ref.get("name"):
+            keys.add((app.metadata["namespace"], str(ref["name"])))
+    deployment = _worker_deployment(i, pool, app, None, None)
+    keys.update(secrets_of(_worker_uses(i, app, deployment)))
+    keys.update((app.metadata["namespace"], source) for source, _ in _pull_mirrors(i, pool, app))
+    return tuple(sorted(keys))
+
+
+def _cross_namespace(i: PoolInputs, app: CeleryApp) -> bool:
+    return bool(i.key[0] != app.metadata["namespace"])
+
+
+def _connection_mirror(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp) -> str | None:
+    """The mirror of the app's connection Secret the workers read (a pool outside the
+    app's namespace, an app whose broker or result backend URL is in a Secret)."""
+    secret_refs = app.spec.broker.url.secret_key_ref or (
+        app.spec.result_backend and app.spec.result_backend.url.secret_key_ref
+    )
+    if not _cross_namespace(i, app) or not secret_refs:
+        return None
+    return common.connection_secret_name(app.metadata["name"], pool.metadata["name"])
+
+
+def _pull_mirrors(
+    i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp
+) -> tuple[tuple[str, str], ...]:
+    """(the app's image pull Secret, its mirror) for a pool outside the app's namespace."""
+    if not _cross_namespace(i, app):
+        return ()
+    names = dict.fromkeys(str(s["name"]) for s in app.spec.image_pull_secrets if s.get("name"))
+    app_name, name = app.metadata["name"], pool.metadata["name"]
+    return tuple((n, common.pull_secret_mirror_name(app_name, name, n)) for n in names)
+
+
+def _worker_deployment(
+    i: PoolInputs,
+    pool: CeleryWorkerPool,
+    app: CeleryApp,
+    owner: dict[str, Any] | None,
+    replicas: int | None,
+) -> dict[str, Any]:
+    """The worker Deployment as rendered, before its Secret checksum."""
+    pulls = [mirror for _, mirror in _pull_mirrors(i, pool, app)]
+    return render.build_worker_deployment(
+        app,
+        pool,
+        owner,
+        replicas=replicas,
+        connection_secret=_connection_mirror(i, pool, app),
+        pull_secrets=pulls if _cross_namespace(i, app) else None,
+    )
+
+
+def _worker_uses(
+    i: PoolInputs, app: CeleryApp, deployment: Mapping[str, Any]
+) -> tuple[SecretUse, ...]:
+    """What the worker pods read of Secrets at start. A read of the connection mirror is a
+    read of the app's Secret it copies: the checksum follows the source, so the mirror and
+    the pods' new template are written by the same reconcile (one rollout, not two)."""
+    assert isinstance(i.pool, CeleryWorkerPool)
+    mirror = _connection_mirror(i, i.pool, app)
+    sources: dict[str, SecretUse] = {}
+    for key, conn in (
+        (common.MIRROR_BROKER_KEY, app.spec.broker),
+        (common.MIRROR_BACKEND_KEY, app.spec.result_backend),
+    ):
+        ref = None if conn is None else conn.url.secret_key_ref
+        if ref and ref.get("name") and ref.get("key"):
+            sources[key] = SecretUse(app.metadata["namespace"], str(ref["name"]), str(ref["key"]))
+    out: set[SecretUse] = set()
+    for use in pod_secret_uses(deployment):
+        if mirror is not None and use.name == mirror and use.namespace == i.key[0]:
+            source = sources.get(use.key or "")
+            if source is not None:
+                out.add(source)
+                continue
+        out.add(use)
+    return tuple(sorted(out, key=SecretUse.order))
 
 
 def _early_block(i: PoolInputs) -> Blocker | None:
@@ -232,7 +348,7 @@ def plan_pool(i: PoolInputs) -> PoolPlan:
             base,
             accepted=Outcome(False, *block),
             delete_children=i.apply,
-            known_secrets=_known_secrets(pool),
+            known_secrets=_known_secrets(pool, i.deployment),
         )
     accepted = Outcome(True, BOUND, f"bound to CeleryApp {app_key[0]}/{app_key[1]}")
     base = dataclasses.replace(base, accepted=accepted)
@@ -266,10 +382,14 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
     track = _target(i, pool, engine, broker, monitor)
     quiet = monitor is not None and not _monitored(pool, engine)
     wp = _workers(i, pool, engine, _replicas(i, pool, engine), status_only=False)
+    children, pulls = _children(i, pool, app, engine, broker, wp.replicas)
     return _with_workers(
         dataclasses.replace(
             base,
-            children=_children(i, pool, app, engine, broker, wp.replicas),
+            children=children,
+            keep_secrets=pulls.keep,
+            stale_secrets=pulls.stale,
+            unready=pulls.problem,
             hand_off_replicas=wp.replicas is None and i.deployment is not None,
             track=track,
             untrack=track is None,
@@ -296,6 +416,8 @@ def _plan_unchanged(
     plan = dataclasses.replace(
         base,
         blocked=None if i.apply else kept_block(i.body.get("status"), generation),
+        # A status-only pass reads no Secret: what the last full pass found holds.
+        unready=None if i.apply else _kept_unready(i.body.get("status"), generation),
         # A status-only pass leaves the polling as it is (and the measuring), and the
         # listening.
         untrack=not polling and i.observe is None,
@@ -418,13 +540,32 @@ def _with_workers(
     )
 
 
-def _known_secrets(pool: CeleryWorkerPool) -> tuple[str, ...]:
+def _kept_unready(old: Mapping[str, Any] | None, generation: object) -> Blocker | None:
+    """The PullSecretUnreadable that the last full reconcile of this generation found."""
+    for c in (old or {}).get("conditions") or []:
+        if (
+            c.get("type") == READY
+            and c.get("reason") == PULL_SECRET_UNREADABLE
+            and c.get("observedGeneration") == generation
+        ):
+            return Blocker(PULL_SECRET_UNREADABLE, str(c.get("message", "")))
+    return None
+
+
+def _mirrors_of(deployment: Body | None) -> set[str]:
+    """The pull Secret mirrors the worker Deployment (as cached) names."""
+    annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
+    return {n for n in str(annotations.get(PULL_SECRET_MIRRORS_ANNOTATION, "")).split(",") if n}
+
+
+def _known_secrets(pool: CeleryWorkerPool, deployment: Body | None) -> tuple[str, ...]:
     app_name, name = pool.spec.app_ref.name, pool.metadata["name"]
     return tuple(
         sorted(
             {
                 common.connection_secret_name(app_name, name),
                 render_autoscaling.keda_secret_name_of(app_name, name),
+                *_mirrors_of(deployment),
             }
         )
     )
@@ -503,6 +644,48 @@ def _target(
     )
 
 
+@dataclass(frozen=True)
+class PullMirrors:
+    """The app's image pull Secrets, mirrored into a pool's namespace."""
+
+    secrets: tuple[dict[str, Any], ...] = ()  # the mirrors rebuilt from their source
+    keep: tuple[str, ...] = ()  # mirrors whose source cannot be read: left as they are
+    stale: tuple[str, ...] = ()  # mirrors (per the Deployment) of Secrets no longer named
+    problem: Blocker | None = None
+
+
+def _pull_secrets(
+    i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, owner: dict[str, Any]
+) -> PullMirrors:
+    """Each mirror rebuilt from its source as read; one whose source is missing or cannot
+    be read is kept (the pods name it whatever happens, so their template stays) and Ready
+    says which."""
+    mirrors = _pull_mirrors(i, pool, app)
+    app_ns, ns = app.metadata["namespace"], i.key[0]
+    built, keep, missing = [], [], []
+    for source, mirror in mirrors:
+        view = i.secrets.get((app_ns, source), ABSENT)
+        if view.known and view.exists:
+            built.append(
+                render.build_pull_secret_mirror(app, pool, source, view.type, view.data, owner)
+            )
+            continue
+        keep.append(mirror)
+        missing.append(
+            f"Secret {app_ns}/{source} ({view.error or 'it does not exist'}) as {mirror}"
+        )
+    problem = None
+    if missing:
+        problem = Blocker(
+            PULL_SECRET_UNREADABLE,
+            f"spec.imagePullSecrets of CeleryApp {app_ns}/{app.metadata['name']}: cannot mirror "
+            f"{'; '.join(missing)} into namespace {ns}: a mirror written before is left as it "
+            "was (the kubelet pulls without one that does not exist)",
+        )
+    stale = _mirrors_of(i.deployment) - {m for _, m in mirrors}
+    return PullMirrors(tuple(built), tuple(keep), tuple(sorted(stale)), problem)
+
+
 def _children(
     i: PoolInputs,
     pool: CeleryWorkerPool,
@@ -510,25 +693,22 @@ def _children(
     engine: str | None,
     broker: BrokerURL | None,
     replicas: int | None,
-) -> tuple[dict[str, Any], ...]:
+) -> tuple[tuple[dict[str, Any], ...], PullMirrors]:
+    """The children in the order they are applied: the mirrors first, so that the pods of
+    a new template read the new values."""
     owner = common.owner_reference(i.body, POOL.name)
     desired: list[dict[str, Any]] = []
-    mirror = None
-    secret_refs = app.spec.broker.url.secret_key_ref or (
-        app.spec.result_backend and app.spec.result_backend.url.secret_key_ref
-    )
-    if i.key[0] != app.metadata["namespace"] and secret_refs:
+    if _connection_mirror(i, pool, app) is not None:
         urls = {w: i.connections.get(w, Connection()).url for w in (BROKER, RESULT_BACKEND)}
-        secret = render.build_connection_secret(
-            app, pool, urls[BROKER], urls[RESULT_BACKEND], owner
+        desired.append(
+            render.build_connection_secret(app, pool, urls[BROKER], urls[RESULT_BACKEND], owner)
         )
-        mirror = secret["metadata"]["name"]
-        desired.append(secret)
-    desired.append(
-        render.build_worker_deployment(
-            app, pool, owner, replicas=replicas, connection_secret=mirror
-        )
-    )
+    pulls = _pull_secrets(i, pool, app, owner)
+    desired += pulls.secrets
+    deployment = _worker_deployment(i, pool, app, owner, replicas)
+    uses = _worker_uses(i, app, deployment)
+    checksum = pod_checksum(uses, i.secrets, current_checksum(i.deployment))
+    desired.append(common.with_secret_checksum(deployment, checksum))
     desired += [
         x
         for x in (
@@ -543,7 +723,7 @@ def _children(
             desired += [
                 x for x in (keda.secret, keda.trigger_authentication, keda.scaled_object) if x
             ]
-    return tuple(desired)
+    return tuple(desired), pulls
 
 
 def _autoscaler(

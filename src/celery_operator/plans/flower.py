@@ -8,8 +8,8 @@ a status-only pass or a paused app (nothing applied); ChildConflict after apply.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
@@ -24,6 +24,14 @@ from celery_operator.api.conditions import (
 from celery_operator.api.flower import Flower
 from celery_operator.api.kinds import DEPLOYMENT, FLOWER, Key
 from celery_operator.plans.common import Body, app_problems, kept_block
+from celery_operator.plans.secrets import (
+    SecretKey,
+    SecretView,
+    current_checksum,
+    pod_checksum,
+    pod_secret_uses,
+    secrets_of,
+)
 from celery_operator.render import common
 from celery_operator.render import flower as render
 from celery_operator.status import flower_status
@@ -47,6 +55,8 @@ class FlowerInputs:
     now: str
     apply: bool = True
     problem: Blocker | None = None
+    # The Secrets `secret_reads` names, as last read (one missing here: it does not exist).
+    secrets: Mapping[SecretKey, SecretView] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,14 @@ def deployment_ident(key: Key) -> tuple[str, str, str]:
     return (DEPLOYMENT.resource.key, key[0], common.flower_name(key[1]))
 
 
+def secret_reads(i: FlowerInputs) -> tuple[SecretKey, ...]:
+    """The Secrets Flower's pod reads at start (its checksum: the app's connection
+    Secrets, basic auth, env and envFrom), when this pass renders its Deployment: gather
+    reads exactly these through the operator's Secret poller."""
+    children = plan_flower(i).children or ()
+    return secrets_of(u for c in children if c["kind"] == "Deployment" for u in pod_secret_uses(c))
+
+
 def plan_flower(i: FlowerInputs) -> FlowerPlan:
     base = FlowerPlan(i.key, i.body, Outcome(False, INVALID_SPEC, ""), problem=i.problem, now=i.now)
     if isinstance(i.flower, Blocker):
@@ -111,8 +129,10 @@ def plan_flower(i: FlowerInputs) -> FlowerPlan:
         kept = None if i.apply else kept_block(i.body.get("status"), generation)
         return dataclasses.replace(base, paused=i.app.spec.paused, blocked=kept)
     owner = common.owner_reference(i.body, FLOWER.name)
+    d = render.build_flower_deployment(i.app, flower, owner)
+    checksum = pod_checksum(pod_secret_uses(d), i.secrets, current_checksum(i.deployment))
     desired = [
-        render.build_flower_deployment(i.app, flower, owner),
+        common.with_secret_checksum(d, checksum),
         render.build_flower_service(i.app, flower, owner),
     ]
     if (ingress := render.build_flower_ingress(i.app, flower, owner)) is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
@@ -12,6 +13,8 @@ from celery_operator.api.labels import (
     LABEL_COMPONENT,
     LABEL_NAME,
     LABEL_POOL,
+    MIRROR_OF_ANNOTATION,
+    PULL_SECRET_MIRRORS_ANNOTATION,
     label_value,
 )
 from celery_operator.render import common as c
@@ -217,10 +220,12 @@ def build_worker_deployment(
     *,
     replicas: int | None,
     connection_secret: str | None = None,
+    pull_secrets: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The worker Deployment. `replicas=None` leaves replicas to an autoscaler;
-    `connection_secret` names the operator's mirror of the app's connection Secret, for a
-    pool outside its app's namespace."""
+    `connection_secret` names the operator's mirror of the app's connection Secret, and
+    `pull_secrets` the mirrors of its image pull Secrets, for a pool outside its app's
+    namespace (the Deployment's metadata names them too)."""
     s = pool.spec
     d = app.spec.pod_defaults
     meta = pool.metadata
@@ -272,11 +277,13 @@ def build_worker_deployment(
                 volumes=s.volumes,
                 init_containers=s.init_containers,
                 sidecars=s.sidecars,
+                image_pull_secrets=pull_secrets,
             ),
         },
     }
     if replicas is not None:
         spec = {"replicas": replicas, **spec}
+    mirrors = {PULL_SECRET_MIRRORS_ANNOTATION: ",".join(pull_secrets)} if pull_secrets else None
     return copy.deepcopy(
         {
             "apiVersion": "apps/v1",
@@ -286,6 +293,7 @@ def build_worker_deployment(
                 meta["namespace"],
                 labels,
                 owner,
+                mirrors,
             ),
             "spec": spec,
         }
@@ -351,5 +359,37 @@ def build_connection_secret(
             ),
             "type": "Opaque",
             "data": data,
+        }
+    )
+
+
+def build_pull_secret_mirror(
+    app: CeleryApp,
+    pool: CeleryWorkerPool,
+    source: str,
+    type_: str,
+    data: Mapping[str, str],
+    owner: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The operator's mirror of the app's image pull Secret `source` in a pool's namespace:
+    its type (kubernetes.io/dockerconfigjson, or dockercfg) and its data (base64, as read).
+
+    The kubelet reads image pull Secrets in the pod's own namespace only.
+    """
+    meta = pool.metadata
+    app_ns = app.metadata["namespace"]
+    return copy.deepcopy(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": c.metadata(
+                c.pull_secret_mirror_name(app.metadata["name"], meta["name"], source),
+                meta["namespace"],
+                worker_labels(app, pool),
+                owner,
+                {MIRROR_OF_ANNOTATION: f"{app_ns}/{source}"},
+            ),
+            "type": type_ or "Opaque",
+            "data": dict(data),
         }
     )

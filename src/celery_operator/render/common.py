@@ -16,6 +16,7 @@ from celery_operator.api.labels import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
+    SECRET_CHECKSUM_ANNOTATION,
     fit,
     label_value,
 )
@@ -111,6 +112,11 @@ def connection_secret_name(app_name: str, pool_name: str) -> str:
     return fit(f"{worker_deployment_name(app_name, pool_name)}-connection", MAX_DNS_LABEL)
 
 
+def pull_secret_mirror_name(app_name: str, pool_name: str, secret_name: str) -> str:
+    """The operator's mirror of one of the app's image pull Secrets in a pool's namespace."""
+    return fit(f"{worker_deployment_name(app_name, pool_name)}-pull-{secret_name}", MAX_DNS_LABEL)
+
+
 def connection_env(
     name: str, conn: ConnectionSpec, mirror: str | None = None, mirror_key: str = ""
 ) -> dict[str, Any]:
@@ -185,11 +191,14 @@ def pod_spec(
     volumes: Sequence[Mapping[str, Any]] = (),
     init_containers: Sequence[Mapping[str, Any]] = (),
     sidecars: Sequence[Mapping[str, Any]] = (),
+    image_pull_secrets: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """A pod spec with the app's podDefaults; the given overrides win when non-empty.
 
     Volumes: the operator's 'tmp', the app's podDefaults.volumes, then the component's.
-    Init containers: the component's, as written, then its sidecars as native sidecars."""
+    Init containers: the component's, as written, then its sidecars as native sidecars.
+    `image_pull_secrets` replaces the app's imagePullSecrets (the names of their mirrors,
+    for a pool outside the app's namespace)."""
     d = app.spec.pod_defaults
     spec: dict[str, Any] = {}
     init = [*(copy.deepcopy(dict(c)) for c in init_containers), *map(native_sidecar, sidecars)]
@@ -206,7 +215,10 @@ def pod_spec(
     }
     if d.service_account_name:
         spec["serviceAccountName"] = d.service_account_name
-    if app.spec.image_pull_secrets:
+    if image_pull_secrets is not None:
+        if image_pull_secrets:
+            spec["imagePullSecrets"] = [{"name": n} for n in image_pull_secrets]
+    elif app.spec.image_pull_secrets:
         spec["imagePullSecrets"] = [dict(s) for s in app.spec.image_pull_secrets]
     ns = node_selector or d.node_selector
     if ns:
@@ -268,3 +280,18 @@ def container(
     if resources:
         c["resources"] = dict(resources)
     return c
+
+
+def with_secret_checksum(deployment: Mapping[str, Any], checksum: str | None) -> dict[str, Any]:
+    """The Deployment with the checksum of the Secret data its pods read at start, on its
+    pod template (a new value rolls the pods) and on its metadata (where the operator's
+    cache, which keeps no pod template, reads the current one). None: no annotation."""
+    out = copy.deepcopy(dict(deployment))
+    if checksum is None:
+        return out
+    for meta in (out["metadata"], out["spec"]["template"]["metadata"]):
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            SECRET_CHECKSUM_ANNOTATION: checksum,
+        }
+    return out

@@ -2,7 +2,7 @@
 
 The operator reads the Secrets an object names and hands their values on: into pods it
 creates, into Secrets it mirrors into other namespaces (an app's broker and result backend
-URLs, for every admitted pool), into an Ingress. Without a check, a user who may edit a
+URLs and its image pull Secrets, for every admitted pool), into an Ingress. Without a check, a user who may edit a
 CeleryApp but not `get` Secret X could name X and read it back from those. So the
 validating webhook admits a CREATE or UPDATE that names a Secret only if the requesting
 user may `get` that Secret in the object's namespace, asked of the apiserver with a
@@ -13,7 +13,8 @@ old object already had is not asked about again, so another user or a controller
 an unrelated field needs no rights on the Secrets. Two things count as changed although no
 name changed: a reference in a new place (a Secret moved from `imagePullSecrets` to
 `envFrom` reaches the pods), and the app's `workerPoolPolicy` (it decides which namespaces
-get mirrors of the broker and result backend Secrets). No reference changed: no review.
+get mirrors of the broker, result backend and image pull Secrets). No reference changed:
+no review.
 
 When the SubjectAccessReview itself fails, the request is refused (fail closed): unlike the
 other lookups, whose failure the controllers make up for, nobody checks this later.
@@ -35,7 +36,7 @@ log = logging.getLogger("celery_operator.webhook")
 
 # The uses whose Secret the operator copies into other namespaces, and the app field that
 # decides which namespaces.
-MIRRORED = ("broker", "resultBackend")
+MIRRORED = ("broker", "resultBackend", "imagePullSecrets")
 MIRROR_POLICY = "workerPoolPolicy"
 
 
