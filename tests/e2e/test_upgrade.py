@@ -211,10 +211,19 @@ def secret_views(cluster: Cluster, keys: tuple[SecretKey, ...]) -> dict[SecretKe
     }
 
 
+def live(cluster: Cluster, ns: str, plan: Any) -> dict[str, Any] | None:
+    """The live Deployment a plan renders, as the controllers gather it (a Deployment the
+    old operator made carries no Secret checksum: HEAD adopts it without a roll)."""
+    names = [c["metadata"]["name"] for c in plan.children or () if c["kind"] == "Deployment"]
+    if not names or not cluster.exists("deployment", names[0], ns):
+        return None
+    return cluster.get("deployment", names[0], ns)
+
+
 def head_deployments(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
     """The Deployments HEAD's plans render for the objects as they are now (read through
     HEAD's CRDs, with their defaults), given what the controllers would gather (the
-    Secrets their pods read included: their checksum is on the pod templates)."""
+    Secrets their pods read, and the live Deployments: their Secret checksums)."""
     apps = {a["metadata"]["name"]: a for a in items(cluster, "celeryapps", ns)}
     pools = items(cluster, "celeryworkerpools", ns)
     flowers = items(cluster, "flowers", ns)
@@ -231,7 +240,9 @@ def head_deployments(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
             now="",
         )
         secrets = secret_views(cluster, app_secret_reads(app_inputs))
-        plan = plan_app(dataclasses.replace(app_inputs, secrets=secrets))
+        app_inputs = dataclasses.replace(app_inputs, secrets=secrets)
+        app_inputs = dataclasses.replace(app_inputs, beat=live(cluster, ns, plan_app(app_inputs)))
+        plan = plan_app(app_inputs)
         children.append((f"app {name}", plan.children))
     for body in pools:
         pool_inputs = PoolInputs(
@@ -245,7 +256,11 @@ def head_deployments(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
             connections={BROKER: Connection(url=BROKER_URL)},
         )
         secrets = secret_views(cluster, pool_secret_reads(pool_inputs))
-        pool_plan = plan_pool(dataclasses.replace(pool_inputs, secrets=secrets))
+        pool_inputs = dataclasses.replace(pool_inputs, secrets=secrets)
+        pool_inputs = dataclasses.replace(
+            pool_inputs, deployment=live(cluster, ns, plan_pool(pool_inputs))
+        )
+        pool_plan = plan_pool(pool_inputs)
         children.append((f"pool {body['metadata']['name']}", pool_plan.children))
     for body in flowers:
         same_app = [f for f in flowers if flower_app_key(f) == flower_app_key(body)]
@@ -261,7 +276,11 @@ def head_deployments(cluster: Cluster, ns: str) -> dict[str, dict[str, Any]]:
             now="",
         )
         secrets = secret_views(cluster, flower_secret_reads(flower_inputs))
-        flower_plan = plan_flower(dataclasses.replace(flower_inputs, secrets=secrets))
+        flower_inputs = dataclasses.replace(flower_inputs, secrets=secrets)
+        flower_inputs = dataclasses.replace(
+            flower_inputs, deployment=live(cluster, ns, plan_flower(flower_inputs))
+        )
+        flower_plan = plan_flower(flower_inputs)
         children.append((f"flower {body['metadata']['name']}", flower_plan.children))
     out = {}
     for who, rendered in children:

@@ -345,3 +345,26 @@ def test_mirrors_of_pull_secrets_no_longer_named_are_deleted_by_name() -> None:
         "shop-emails-pull-old",
         "shop-emails-pull-regcred",
     )
+
+
+def test_a_deployment_from_before_checksums_is_adopted_without_a_roll() -> None:
+    """An upgrade: the live Deployment's template has no checksum. The checksum becomes its
+    baseline (metadata only: no new template, no roll); a later change of the data puts
+    the checksum on the template (one roll); from then on the template follows it."""
+    from celery_operator.api.labels import SECRET_BASELINE_ANNOTATION, SECRET_CHECKSUM_ANNOTATION
+    from celery_operator.plans.secrets import current_checksum, secret_rollout
+
+    def deployment(**annotations: str) -> dict[str, Any]:
+        return {"metadata": {"name": "d", "annotations": annotations}}
+
+    assert secret_rollout("c1", None) == ("c1", None), "a new Deployment: on the template"
+    assert secret_rollout(None, deployment()) == (None, None), "reads no Secret"
+    old = deployment()
+    assert secret_rollout("c1", old) == (None, "c1"), "adopted: baseline only"
+    adopted = deployment(**{SECRET_BASELINE_ANNOTATION: "c1"})
+    assert current_checksum(adopted) == "c1"
+    assert secret_rollout("c1", adopted) == (None, "c1"), "unchanged: still no roll"
+    assert secret_rollout("c2", adopted) == ("c2", None), "changed: on the template, once"
+    rolled = deployment(**{SECRET_CHECKSUM_ANNOTATION: "c2"})
+    assert secret_rollout("c2", rolled) == ("c2", None)
+    assert secret_rollout("c3", rolled) == ("c3", None)

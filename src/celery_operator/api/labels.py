@@ -32,6 +32,10 @@ HASH_ANNOTATION = "celeryproject.org/applied-hash"
 # checksum of the Secret data their containers read at start (env, envFrom). It changes
 # when that data changes, so the pods roll once, through the Deployment's own rollout.
 SECRET_CHECKSUM_ANNOTATION = "celeryproject.org/secret-checksum"
+# On the metadata of a Deployment made before the operator put checksums on pod templates
+# (an upgrade): the checksum of the data its pods read then. Adopting it rolls nothing;
+# only a change from it puts the checksum on the template (and rolls the pods once).
+SECRET_BASELINE_ANNOTATION = "celeryproject.org/secret-checksum-baseline"
 # On the worker Deployment of a pool outside its app's namespace: the names of the
 # operator's mirrors of the app's image pull Secrets (Secrets are not watched: after a
 # restart, this says which ones to delete when they are no longer wanted).

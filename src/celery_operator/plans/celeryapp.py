@@ -24,6 +24,7 @@ from celery_operator.plans.secrets import (
     current_checksum,
     pod_checksum,
     pod_secret_uses,
+    secret_rollout,
     secrets_of,
 )
 from celery_operator.render import celeryapp as render
@@ -110,5 +111,5 @@ def plan_app(i: AppInputs) -> AppPlan:
     if app.spec.beat.enabled:
         d = render.build_beat_deployment(app, owner)
         checksum = pod_checksum(pod_secret_uses(d), i.secrets, current_checksum(i.beat))
-        beat = (common.with_secret_checksum(d, checksum),)
+        beat = (common.with_secret_checksum(d, *secret_rollout(checksum, i.beat)),)
     return dataclasses.replace(base, children=beat, rollup_later=True)

@@ -47,6 +47,7 @@ from celery_operator.plans.secrets import (
     current_checksum,
     pod_checksum,
     pod_secret_uses,
+    secret_rollout,
     secrets_of,
 )
 from celery_operator.plans.workers import PodView, WorkerPlan, plan_workers, workers_status
@@ -708,7 +709,7 @@ def _children(
     deployment = _worker_deployment(i, pool, app, owner, replicas)
     uses = _worker_uses(i, app, deployment)
     checksum = pod_checksum(uses, i.secrets, current_checksum(i.deployment))
-    desired.append(common.with_secret_checksum(deployment, checksum))
+    desired.append(common.with_secret_checksum(deployment, *secret_rollout(checksum, i.deployment)))
     desired += [
         x
         for x in (

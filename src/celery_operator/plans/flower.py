@@ -30,6 +30,7 @@ from celery_operator.plans.secrets import (
     current_checksum,
     pod_checksum,
     pod_secret_uses,
+    secret_rollout,
     secrets_of,
 )
 from celery_operator.render import common
@@ -132,7 +133,7 @@ def plan_flower(i: FlowerInputs) -> FlowerPlan:
     d = render.build_flower_deployment(i.app, flower, owner)
     checksum = pod_checksum(pod_secret_uses(d), i.secrets, current_checksum(i.deployment))
     desired = [
-        common.with_secret_checksum(d, checksum),
+        common.with_secret_checksum(d, *secret_rollout(checksum, i.deployment)),
         render.build_flower_service(i.app, flower, owner),
     ]
     if (ingress := render.build_flower_ingress(i.app, flower, owner)) is not None:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery_operator.api.labels import SECRET_CHECKSUM_ANNOTATION
+from celery_operator.api.labels import SECRET_BASELINE_ANNOTATION, SECRET_CHECKSUM_ANNOTATION
 
 SecretKey = tuple[str, str]  # (namespace, name)
 
@@ -108,10 +108,31 @@ def secret_checksum(uses: Iterable[SecretUse], views: Mapping[SecretKey, SecretV
 
 
 def current_checksum(deployment: Mapping[str, Any] | None) -> str | None:
-    """The checksum on a Deployment as cached (its metadata: the cache keeps no template)."""
+    """The checksum on a Deployment as cached (its metadata: the cache keeps no template),
+    or the baseline it was adopted with."""
     annotations = ((deployment or {}).get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(SECRET_CHECKSUM_ANNOTATION)
+    value = annotations.get(SECRET_CHECKSUM_ANNOTATION, annotations.get(SECRET_BASELINE_ANNOTATION))
     return None if value is None else str(value)
+
+
+def secret_rollout(
+    checksum: str | None, live: Mapping[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """(the checksum for the pod template, the baseline for the metadata).
+
+    A new Deployment, or one whose template already carries a checksum: the checksum goes
+    on the template (a new value rolls the pods). A Deployment from before checksums (an
+    upgrade of the operator) is adopted without a roll: the checksum is kept as its
+    baseline, and goes on the template only once the data changes from it."""
+    if checksum is None or live is None:
+        return checksum, None
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    if SECRET_CHECKSUM_ANNOTATION in annotations:
+        return checksum, None
+    baseline = annotations.get(SECRET_BASELINE_ANNOTATION)
+    if baseline is None or baseline == checksum:
+        return None, checksum
+    return checksum, None
 
 
 def pod_checksum(

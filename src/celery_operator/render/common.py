@@ -16,6 +16,7 @@ from celery_operator.api.labels import (
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
+    SECRET_BASELINE_ANNOTATION,
     SECRET_CHECKSUM_ANNOTATION,
     fit,
     label_value,
@@ -282,13 +283,27 @@ def container(
     return c
 
 
-def with_secret_checksum(deployment: Mapping[str, Any], checksum: str | None) -> dict[str, Any]:
+def with_secret_checksum(
+    deployment: Mapping[str, Any], checksum: str | None, baseline: str | None = None
+) -> dict[str, Any]:
     """The Deployment with the checksum of the Secret data its pods read at start, on its
     pod template (a new value rolls the pods) and on its metadata (where the operator's
-    cache, which keeps no pod template, reads the current one). None: no annotation."""
+    cache, which keeps no pod template, reads the current one). None: no annotation.
+    `baseline`: on the metadata only (a Deployment adopted without a roll)."""
     out = copy.deepcopy(dict(deployment))
+    if baseline is not None:
+        out["metadata"]["annotations"] = {
+            **(out["metadata"].get("annotations") or {}),
+            SECRET_BASELINE_ANNOTATION: baseline,
+        }
     if checksum is None:
         return out
+    for meta in (out["metadata"], out["spec"]["template"]["metadata"]):
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            SECRET_CHECKSUM_ANNOTATION: checksum,
+        }
+    return out
     for meta in (out["metadata"], out["spec"]["template"]["metadata"]):
         meta["annotations"] = {
             **(meta.get("annotations") or {}),
