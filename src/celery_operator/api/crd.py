@@ -79,10 +79,6 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             if rest.get("default", 0) is None:
                 rest.pop("default")
             return _structural({**options[0], **rest}, defs)
-    if node.get("default", 0) == "" and node.get("type") == "string":
-        # An empty string is "not set": the apiserver filling it in would only print empty
-        # fields in `kubectl describe` and `get -o yaml` (the models default to "" anyway).
-        node = {k: v for k, v in node.items() if k != "default"}
     if "enum" in node and "type" not in node:
         node["type"] = "string"
     if "const" in node:
