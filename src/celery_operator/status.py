@@ -148,13 +148,26 @@ class Rollout:
 
     @property
     def complete(self) -> bool:
+        return self.current and self.settled
+
+    @property
+    def settled(self) -> bool:
+        """Complete as far as its controller last observed it."""
         return (
             self.exists
-            and self.current
             and self.updated >= self.desired
             and self.ready >= self.desired
             and self.available >= self.desired
         )
+
+    @property
+    def ready_enough(self) -> bool:
+        """Ready, for the status: complete, or settled with a generation its controller has
+        not observed yet. That lasts milliseconds after any write to the Deployment (its own
+        annotations move its generation too), and its status tells nothing new meanwhile:
+        Ready does not flip for it. A new template shows as Progressing once observed.
+        (Rollout Events wait for `complete`.)"""
+        return self.complete or (not self.current and self.settled and not self.failed)
 
 
 def rollout_of(deployment: Mapping[str, Any] | None) -> Rollout:
@@ -194,7 +207,7 @@ def _rollout_conditions(
             condition(READY, False, ROLLOUT_FAILED, r.failed),
             condition(RECONCILING, False, ROLLOUT_FAILED, r.failed),
         ]
-    if r.complete:
+    if r.ready_enough:
         reason = SCALED_TO_ZERO if r.desired == 0 else AVAILABLE
         return [
             condition(READY, True, reason, f"{r.ready}/{r.desired} {what} replicas ready"),
@@ -447,12 +460,12 @@ def app_status(
             not_ready.append(named(f"flower {flower.name}", flower.problem))
         reconciling = reconciling or flower.reconciling
     if beat is not None:
-        if not beat.complete:
+        if not beat.ready_enough:
             problem = beat_problem or (
                 Blocker(FAILED_CREATE, beat.replica_failure) if beat.replica_failure else None
             )
             not_ready.append(named("beat", ": ".join(problem) if problem else ""))
-        reconciling = reconciling or (beat.exists and not beat.complete and not beat.failed)
+        reconciling = reconciling or (beat.exists and not beat.ready_enough and not beat.failed)
 
     if invalid is not None:
         conds = [
@@ -519,7 +532,7 @@ def app_status(
         "flower": (
             {"name": flower.name, "ready": flower.ready, "url": flower.url} if flower else None
         ),
-        "beat": {"ready": bool(beat and beat.complete)} if beat_enabled else None,
+        "beat": {"ready": bool(beat and beat.ready_enough)} if beat_enabled else None,
     }
 
 
