@@ -152,6 +152,19 @@ build_promtool() { # checks and unit-tests the chart's PrometheusRule and the da
   finish "$out"
 }
 
+build_metrics_server() { # an HPA on CPU sees the real node's pods (issue 18)
+  local out="$cache/metrics-server-$METRICS_SERVER_VERSION/bin" src="$cache/src/metrics-server-$METRICS_SERVER_VERSION"
+  if all_present "$out" metrics-server; then echo "$out"; return; fi
+  new_module "$src" metrics-server
+  printf '\nrequire sigs.k8s.io/metrics-server %s\n' "$METRICS_SERVER_VERSION" >>"$src/go.mod"
+  mkdir -p "$out.tmp"
+  log "metrics-server $METRICS_SERVER_VERSION: building"
+  (cd "$src" && run_logged metrics-server "$src/build.log" go build -trimpath \
+    -ldflags "-s -w -X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION" \
+    -o "$out.tmp/metrics-server" sigs.k8s.io/metrics-server/cmd/metrics-server)
+  finish "$out"
+}
+
 build_keda() { # not a binary: KEDA's CRDs, so that ScaledObjects meet KEDA's real schema
   local out="$cache/keda-$KEDA_VERSION/crds"
   if [ -n "$(ls "$out"/*.yaml 2>/dev/null)" ]; then echo "$out"; return; fi
@@ -181,6 +194,7 @@ components=("$@")
 for c in "${components[@]}"; do
   case "$c" in
     k8s|etcd|kwok|helm|keda|promtool) "build_$c" ;;
-    *) fail "$c" "unknown component (k8s etcd kwok helm keda promtool)" ;;
+    metrics-server) build_metrics_server ;;
+    *) fail "$c" "unknown component (k8s etcd kwok helm keda promtool metrics-server)" ;;
   esac
 done

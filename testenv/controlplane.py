@@ -252,6 +252,13 @@ class ControlPlane:
                 f"--kubelet-client-key={pkidir / 'kubelet-client.key'}",
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--enable-aggregator-routing=true",
+                f"--requestheader-client-ca-file={pkidir / 'front-proxy-ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pkidir / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pkidir / 'front-proxy-client.key'}",
                 "--max-requests-inflight=800",
                 "--max-mutating-requests-inflight=400",
                 "--profiling=true",  # /debug/pprof for admins: how bench/ profiles the apiserver
@@ -572,8 +579,18 @@ class ControlPlane:
             server=False,
             client=True,
         )
+        # The aggregation layer: the apiserver proxies requests for aggregated APIs
+        # (metrics.k8s.io, external.metrics.k8s.io) with this client certificate and the
+        # user in X-Remote-* headers, which those servers trust through this CA.
+        front_proxy_ca = pki.new_ca("celery-operator-testenv-front-proxy-ca", year)
+        front_proxy = pki.issue_cert(
+            front_proxy_ca, "front-proxy-client", year, server=False, client=True
+        )
         sa_key = pki.private_key_pem(pki.new_rsa_key())
         files = {
+            "front-proxy-ca.crt": front_proxy_ca.cert_pem,
+            "front-proxy-client.crt": front_proxy.cert_pem,
+            "front-proxy-client.key": front_proxy.key_pem,
             "ca.crt": ca.cert_pem,
             "ca.key": ca.key_pem,
             "apiserver.crt": server.cert_pem,
