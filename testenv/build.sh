@@ -189,12 +189,44 @@ finish() { # atomically moves $1.tmp to $1, so an interrupted build is never tak
   echo "$1"
 }
 
+build_keda_server() { # KEDA's operator and metrics API server, to read the ScaledObjects (issue 18)
+  local out="$cache/keda-$KEDA_VERSION/bin" src="$cache/src/keda-server-$KEDA_VERSION"
+  if all_present "$out" keda keda-adapter; then echo "$out"; return; fi
+  new_module "$src" keda-server
+  printf '\nrequire github.com/kedacore/keda/v2 %s\n' "$KEDA_VERSION" >>"$src/go.mod"
+  # KEDA's own go.mod pins one module by a replace and excludes another: a wrapper module
+  # must say the same, or the graph resolves differently (the Kubernetes wrapper's lesson).
+  local modfile
+  modfile="$(modfile_of github.com/kedacore/keda/v2 "$KEDA_VERSION")"
+  python3 - "$modfile" "$src/go.mod" <<'PY'
+import json, subprocess, sys
+mod = json.loads(subprocess.check_output(["go", "mod", "edit", "-json", sys.argv[1]]))
+def ref(m):
+    return m["Path"] + ("@" + m["Version"] if m.get("Version") else "")
+args = [f"-replace={ref(r['Old'])}={ref(r['New'])}" for r in mod.get("Replace") or []]
+args += [f"-exclude={e['Path']}@{e['Version']}" for e in mod.get("Exclude") or []]
+if args:
+    subprocess.check_call(["go", "mod", "edit", *args, sys.argv[2]])
+PY
+  mkdir -p "$out.tmp"
+  log "keda $KEDA_VERSION: building the operator and the metrics adapter (heavy: every scaler's SDK)"
+  local v=github.com/kedacore/keda/v2/version
+  (cd "$src" && run_logged keda "$src/build.log" go build -trimpath \
+    -ldflags "-s -w -X $v.Version=$KEDA_VERSION -X $v.GitCommit=module" \
+    -o "$out.tmp/keda" github.com/kedacore/keda/v2/cmd/operator)
+  (cd "$src" && run_logged keda "$src/build-adapter.log" go build -trimpath \
+    -ldflags "-s -w -X $v.Version=$KEDA_VERSION -X $v.GitCommit=module" \
+    -o "$out.tmp/keda-adapter" github.com/kedacore/keda/v2/cmd/adapter)
+  finish "$out"
+}
+
 components=("$@")
 [ ${#components[@]} -gt 0 ] || components=(etcd kwok keda helm promtool k8s)
 for c in "${components[@]}"; do
   case "$c" in
     k8s|etcd|kwok|helm|keda|promtool) "build_$c" ;;
     metrics-server) build_metrics_server ;;
-    *) fail "$c" "unknown component (k8s etcd kwok helm keda promtool metrics-server)" ;;
+    keda-server) build_keda_server ;;
+    *) fail "$c" "unknown component (k8s etcd kwok helm keda promtool metrics-server keda-server)" ;;
   esac
 done
