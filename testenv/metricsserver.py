@@ -120,6 +120,7 @@ class MetricsServer:
                 "--kubelet-preferred-address-types=InternalIP",
                 "--kubelet-insecure-tls",  # the kubelet's serving certificate is self-signed
                 f"--metric-resolution={self.resolution}",
+                "--kubelet-request-timeout=5s",  # must be below the resolution
                 f"--node-selector={NODE_LABEL}=true",
                 "--v=1",
             ],
