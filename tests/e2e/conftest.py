@@ -19,3 +19,14 @@ def operator(cluster: Cluster, crds: list[str]) -> Iterator[OperatorProcess]:
     finally:
         op.stop()
         print(f"\n--- operator log tail ---\n{op.tail(40)}")
+
+
+@pytest.fixture
+def alone(operator: OperatorProcess) -> Iterator[None]:
+    """The session's operator stops (and gives up its Lease) for the test's own ones, and
+    starts again after."""
+    operator.stop()
+    try:
+        yield
+    finally:
+        operator.start()

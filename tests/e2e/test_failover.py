@@ -124,16 +124,6 @@ def writes_by(cluster: Cluster, who: str, since: float = 0.0) -> list[dict[str, 
 
 
 @pytest.fixture
-def alone(cluster: Cluster, operator: OperatorProcess) -> Iterator[None]:
-    """The session's operator stops (and gives up its Lease) for the test's own ones."""
-    operator.stop()
-    try:
-        yield
-    finally:
-        operator.start()
-
-
-@pytest.fixture
 def pair(cluster: Cluster, alone: None) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
     a = OperatorProcess(cluster, new_workdir(), *ARGS)
     b = OperatorProcess(cluster, new_workdir(), *ARGS)

@@ -93,16 +93,6 @@ TRANSPORT_OPTIONS = {"global_keyprefix": "shop:"}
 
 # ---- fixtures ---------------------------------------------------------------------------
 @pytest.fixture
-def alone(cluster: Cluster, operator: OperatorProcess) -> Iterator[None]:
-    """The session's operator stops for the test's own ones, and starts again after."""
-    operator.stop()
-    try:
-        yield
-    finally:
-        operator.start()
-
-
-@pytest.fixture
 def old_source() -> Iterator[Path]:
     with worktree(OLD) as path:
         yield path
