@@ -117,7 +117,7 @@ class Keda:
                 f"--tls-private-key-file={d / 'tls.key'}",
                 f"--cert-dir={d}",
                 f"--metrics-service-address=127.0.0.1:{grpc}",
-                f"--metrics-port={ad_metrics}",
+                f"--port={ad_metrics}",  # its own metrics
                 "--v=1",
             ],
             env,
