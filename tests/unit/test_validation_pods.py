@@ -356,3 +356,25 @@ def test_a_status_only_pass_keeps_reporting_the_collision() -> None:
     assert plan.blocked is not None
     assert plan.blocked.reason == INVALID_SPEC
     assert plan.children is None
+
+
+def test_a_utilization_target_needs_requests_on_every_container() -> None:
+    """An HPA computes utilization against the requests of every container of the pods
+    (native sidecars included) and does not scale when one has none: such a spec is
+    refused, naming the target and each missing request."""
+    auto = {"minReplicas": 1, "maxReplicas": 3, "cpu": {"averageUtilization": 60}}
+    sidecar = {**PROXY, "resources": {"requests": {"cpu": "10m"}}}
+    no_requests = {"requests": None, "limits": {"memory": "1Gi"}}  # the example has some
+    (msg,) = pool_problems({"autoscaling": auto, "sidecars": [PROXY], "resources": no_requests})
+    assert msg.startswith("spec.autoscaling.cpu: a cpu utilization target is a percentage")
+    assert "set spec.resources.requests.cpu, spec.sidecars[0].resources.requests.cpu (proxy)" in msg
+    ok = {"autoscaling": auto, "sidecars": [sidecar]}  # the example's worker asks 250m
+    assert pool_problems(ok) == []
+    memory = {**auto, "memory": {"averageUtilization": 80}}
+    (msg,) = pool_problems({**ok, "autoscaling": memory})
+    assert msg.startswith("spec.autoscaling.memory:")
+    assert "spec.resources.requests.memory" not in msg, "the worker asks 256Mi"
+    assert "spec.sidecars[0].resources.requests.memory (proxy)" in msg
+    # Queue length alone needs no request.
+    queue = {"minReplicas": 0, "maxReplicas": 3, "queueLength": {"engine": "builtin"}}
+    assert pool_problems({"autoscaling": queue}) == []

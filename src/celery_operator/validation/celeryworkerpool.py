@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from celery_operator.api import celeryworkerpool as api
 from celery_operator.api.celeryapp import CeleryApp
@@ -60,9 +61,47 @@ def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
             and (a.cpu is not None or a.memory is not None)
         ):
             problems.append(Problem("spec.autoscaling", api.MSG_BUILTIN_RESOURCES))
+        problems += _utilization_without_requests(pool)
     if (w := image_tag_warning("spec.image", s.image)) is not None:
         problems.append(w)
     return problems
+
+
+def _requests_of(container: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return ((container or {}).get("resources") or {}).get("requests") or {}
+
+
+def _utilization_without_requests(pool: CeleryWorkerPool) -> list[Problem]:
+    """A CPU or memory utilization target is a percentage of the pods' requests: the HPA
+    (KEDA's too) needs a request of that resource on every container of the worker pods,
+    the worker's and each native sidecar's, or it never scales ("missing request")."""
+    s, a = pool.spec, pool.spec.autoscaling
+    if a is None:
+        return []
+    out: list[Problem] = []
+    for resource, target in (("cpu", a.cpu), ("memory", a.memory)):
+        if target is None:
+            continue
+        missing = (
+            []
+            if resource in _requests_of({"resources": s.resources})
+            else [f"spec.resources.requests.{resource}"]
+        )
+        missing += [
+            f"spec.sidecars[{i}].resources.requests.{resource} ({c.get('name')})"
+            for i, c in enumerate(s.sidecars)
+            if resource not in _requests_of(c)
+        ]
+        if missing:
+            out.append(
+                Problem(
+                    f"spec.autoscaling.{resource}",
+                    f"a {resource} utilization target is a percentage of the workers' "
+                    f"{resource} requests, and an HPA scales only when every container of the "
+                    f"pods has one: set {', '.join(missing)}",
+                )
+            )
+    return out
 
 
 def app_namespace(pool: CeleryWorkerPool) -> str:
