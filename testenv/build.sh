@@ -2,7 +2,7 @@
 # Builds the local control plane from Go modules and caches the binaries.
 #
 #   testenv/build.sh [component ...]     components: k8s etcd kwok helm keda promtool metrics-server
-#                                        (default: all of these); keda-server (KEDA itself) on demand
+#                                        keda-server (default: all of these)
 #
 # Binaries land in $CELERY_OPERATOR_TESTENV_CACHE (default ~/.cache/celery-operator/testenv),
 # one versioned directory per component: k8s-v1.34.4/bin, etcd-v3.6.16/bin, ...
@@ -222,7 +222,7 @@ PY
 }
 
 components=("$@")
-[ ${#components[@]} -gt 0 ] || components=(etcd kwok keda helm promtool metrics-server k8s)
+[ ${#components[@]} -gt 0 ] || components=(etcd kwok keda helm promtool metrics-server k8s keda-server)
 for c in "${components[@]}"; do
   case "$c" in
     k8s|etcd|kwok|helm|keda|promtool) "build_$c" ;;
