@@ -221,7 +221,10 @@ def test_an_hpa_scale_down_removes_the_idle_workers(
 def test_the_builtin_scaler_removes_the_idle_workers_once_the_queue_drains(
     cluster: Cluster, shop: Shop, pool: str
 ) -> None:
-    builtin = builtin_engine(target=1, cooldown=5)
+    # A long cooldown holds the three workers while the long task is pinned: the short
+    # tasks may finish before it runs (a loaded machine), and a scale-down then would take
+    # the youngest worker before its cost says busy. The short cooldown comes after.
+    builtin = builtin_engine(target=1, cooldown=600)
     start(shop, pool, 1, autoscaling=builtin)
     ledger = shop.ledger()
     for i in range(3):
@@ -238,6 +241,12 @@ def test_the_builtin_scaler_removes_the_idle_workers_once_the_queue_drains(
     # The youngest worker (the first to go without its cost) runs the long task; the
     # short ones finish and the queue is empty: the load is 1, so 1 replica.
     pin_long_task(shop, ledger, pool, busy_name, LONG + 15)
+    assert len(shop.pods(pool)) == 3, "the cooldown held the workers"
+    builtin["queueLength"]["cooldownSeconds"] = 5
+    cluster.kubectl(
+        "patch", "cwp", pool, "-n", shop.namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"autoscaling": builtin}}),
+    )  # fmt: skip
     expect(
         shop,
         pool,

@@ -255,6 +255,13 @@ def test_a_task_longer_than_the_soft_shutdown_is_requeued_and_run_again(
     report("task longer than softShutdownTimeout", ledger.tally())
 
 
+def catches_sigterm(cluster: Cluster, ns: str, pod: str) -> bool:
+    """Whether the container's PID 1 has a SIGTERM handler (bit 15 of SigCgt)."""
+    status = cluster.kubectl("exec", pod, "-n", ns, "--", "cat", "/proc/1/status")
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (15 - 1)))
+
+
 def test_a_worker_stopped_while_it_boots_goes_at_once(cluster: Cluster, shop: Shop) -> None:
     """SIGTERM during the app's import (before Celery's handlers exist) ends the worker:
     PID 1 would ignore it, and the pod would consume tasks until SIGKILLed at its grace."""
@@ -284,6 +291,15 @@ def test_a_worker_stopped_while_it_boots_goes_at_once(cluster: Cluster, shop: Sh
                 None,
             ),
             timeout=60,
+        )
+        # The window this test is about is the app's import (seconds, here 30). Before it,
+        # the interpreter starts (tens of milliseconds; seconds on a loaded machine) with
+        # no handler at all, and a SIGTERM then is dropped by the kernel (PID 1): wait
+        # until PID 1 catches SIGTERM, which the launcher does on its first line.
+        wait_for(
+            "the launcher to catch SIGTERM",
+            lambda: catches_sigterm(cluster, shop.namespace, pod),
+            timeout=30,
         )
         started = time.monotonic()
         cluster.kubectl("delete", "pod", pod, "-n", shop.namespace, "--wait=true", timeout=150)
