@@ -317,6 +317,22 @@ INVALID = ("Ready", "False", "InvalidSpec", "spec.queues: at least one queue")
             conds(("LoadObserved", "True", "HeartbeatsReceived", "the workers' heartbeats arrive")),
             [("BrokerReachable", "Normal", "The workers' heartbeats arrive")],
         ),
+        # an HPA or KEDA that does not scale: once, when it starts failing
+        (
+            conds(("ScalingActive", "True", "AutoscalerActive", "ScaledObject x: ready")),
+            conds(("ScalingActive", "False", "AutoscalerFailing", "ScaledObject x: TriggerError")),
+            [("AutoscalerFailing", "Warning", "ScaledObject x: TriggerError")],
+        ),
+        (
+            {},
+            conds(("ScalingActive", "False", "AutoscalerFailing", "HorizontalPodAutoscaler x: y")),
+            [("AutoscalerFailing", "Warning", "HorizontalPodAutoscaler x: y")],
+        ),
+        (
+            conds(("ScalingActive", "False", "AutoscalerFailing", "ScaledObject x: a")),
+            conds(("ScalingActive", "False", "AutoscalerFailing", "ScaledObject x: b")),
+            [],
+        ),
         # pause and resume
         (
             conds(("Reconciling", "False", "Complete", "up to date")),

@@ -255,6 +255,46 @@ def rejected(kind: str, inputs: Callable[[], Any], children: tuple[str, ...]) ->
     ]
 
 
+def hpa_object(*conds: tuple[str, str, str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "shop-emails", "namespace": "team-a"},
+        "status": {
+            "conditions": [
+                {"type": t, "status": st, "reason": r, "message": m} for t, st, r, m in conds
+            ]
+        },
+    }
+
+
+def scaled_object(
+    *conds: tuple[str, str, str, str], health: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "shop-emails", "namespace": "team-a"},
+        "status": {
+            "conditions": [
+                {"type": t, "status": st, "reason": r, "message": m} for t, st, r, m in conds
+            ],
+            "health": {k: {"numberOfFailures": 3, "status": v} for k, v in (health or {}).items()},
+        },
+    }
+
+
+def _no_condition(status: dict[str, Any], type_: str) -> None:
+    assert type_ not in {c["type"] for c in status["conditions"]}, status["conditions"]
+
+
+def _says_scaling(*parts: str) -> Callable[[Any, dict[str, Any]], None]:
+    def check(plan: Any, status: dict[str, Any]) -> None:
+        _says(status, "ScalingActive", *parts)
+
+    return check
+
+
 READY_AVAILABLE = {"Accepted": ("True", "Bound"), "Ready": ("True", "Available")}
 HPA = {"autoscaling": {"minReplicas": 1, "maxReplicas": 4, "cpu": {"averageUtilization": 70}}}
 KEDA = {
@@ -519,6 +559,152 @@ POOL_CASES = [
             "ScaledObject",
         ),
         check=_pool_checks(replicas=None),
+    ),
+    Case(
+        "hpa-without-metrics",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=HPA,
+            deployment=deployment(3),
+            autoscaler_object=hpa_object(
+                (
+                    "AbleToScale",
+                    "True",
+                    "SucceededGetScale",
+                    "the HPA controller was able to get the target's current scale",
+                ),
+                (
+                    "ScalingActive",
+                    "False",
+                    "FailedGetResourceMetric",
+                    "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics for resource cpu: no metrics returned from resource metrics API",
+                ),
+            ),
+        ),
+        {"Ready": ("True", "Available"), "ScalingActive": ("False", "AutoscalerFailing")},
+        deployment=deployment(3),
+        children=("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"),
+        check=_says_scaling(
+            "FailedGetResourceMetric", "no metrics returned", "kubectl describe hpa shop-emails"
+        ),
+    ),
+    Case(
+        "hpa-active",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=HPA,
+            deployment=deployment(3),
+            autoscaler_object=hpa_object(
+                (
+                    "AbleToScale",
+                    "True",
+                    "ReadyForNewScale",
+                    "recommended size matches current size",
+                ),
+                (
+                    "ScalingActive",
+                    "True",
+                    "ValidMetricFound",
+                    "the HPA was able to successfully calculate a replica count from cpu resource utilization (percentage of request)",
+                ),
+            ),
+        ),
+        {"ScalingActive": ("True", "AutoscalerActive")},
+        deployment=deployment(3),
+        children=("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"),
+        check=_says_scaling("from cpu resource utilization"),
+    ),
+    Case(
+        "keda-trigger-error",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=KEDA,
+            connections={BROKER: Connection(REDIS)},
+            deployment=deployment(1),
+            autoscaler_object=scaled_object(
+                (
+                    "Ready",
+                    "False",
+                    "TriggerError",
+                    "Triggers defined in ScaledObject are not working correctly",
+                ),
+                health={"s0-redis-emails": "Failing", "s1-redis-emails": "Happy"},
+            ),
+        ),
+        {"Ready": ("True", "Available"), "ScalingActive": ("False", "AutoscalerFailing")},
+        deployment=deployment(1),
+        children="any",
+        check=_says_scaling(
+            "TriggerError", "failing: s0-redis-emails", "kubectl describe scaledobject shop-emails"
+        ),
+    ),
+    Case(
+        "keda-ready",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=KEDA,
+            connections={BROKER: Connection(REDIS)},
+            deployment=deployment(1),
+            autoscaler_object=scaled_object(
+                (
+                    "Ready",
+                    "True",
+                    "ScaledObjectReady",
+                    "ScaledObject is defined correctly and is ready for scaling",
+                ),
+            ),
+        ),
+        {"ScalingActive": ("True", "AutoscalerActive")},
+        deployment=deployment(1),
+        children="any",
+    ),
+    Case(
+        "keda-conflict-keeps-what-it-said",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=KEDA,
+            connections={BROKER: Connection(REDIS)},
+            deployment=deployment(1),
+            status={
+                "conditions": [
+                    {
+                        "type": "ScalingActive",
+                        "status": "False",
+                        "reason": "AutoscalerFailing",
+                        "message": "ScaledObject shop-emails: TriggerError: ...",
+                        "lastTransitionTime": NOW,
+                    }
+                ]
+            },
+            autoscaler_object=scaled_object(
+                (
+                    "Ready",
+                    "False",
+                    "ScaledObjectCheckFailed",
+                    "failed to update ScaledObject with scaledObjectName label: Operation cannot "
+                    'be fulfilled on scaledobjects.keda.sh "shop-emails": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                ),
+            ),
+        ),
+        {"ScalingActive": ("False", "AutoscalerFailing")},
+        deployment=deployment(1),
+        children="any",
+        check=_says_scaling("TriggerError"),
+    ),
+    Case(
+        "keda-not-yet-read",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=KEDA,
+            connections={BROKER: Connection(REDIS)},
+            deployment=deployment(1),
+            autoscaler_object=scaled_object(("Ready", "Unknown", "", "")),
+        ),
+        {"Ready": ("True", "Available")},
+        deployment=deployment(1),
+        children="any",
+        check=lambda plan, status: _no_condition(status, "ScalingActive"),
     ),
     Case(
         "builtin-first-poll",

@@ -71,6 +71,10 @@ POLLING = "Polling"
 QUEUE_LENGTH_READ = "QueueLengthRead"
 BROKER_UNREACHABLE = "BrokerUnreachable"
 
+# ---- HPA and KEDA, as their own objects say (ScalingActive of hpa and keda pools) --------------
+AUTOSCALER_ACTIVE = "AutoscalerActive"
+AUTOSCALER_FAILING = "AutoscalerFailing"
+
 # ---- the workers' heartbeats ------------------------------------------------------------------
 HEARTBEATS_RECEIVED = "HeartbeatsReceived"
 CONNECTING = "Connecting"

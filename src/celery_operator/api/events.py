@@ -14,6 +14,7 @@ from celery_operator.api.base import GROUP
 from celery_operator.api.conditions import (
     APP_INVALID,
     APP_NOT_FOUND,
+    AUTOSCALER_FAILING,
     BROKER_UNREACHABLE,
     BROKER_UNREADABLE,
     CHILD_CONFLICT,
@@ -167,6 +168,15 @@ EVENTS: tuple[EventReason, ...] = (
         "Observe",
         POOLS,
         "the broker answers again after BrokerUnreachable",
+    ),
+    EventReason(
+        AUTOSCALER_FAILING,
+        WARNING,
+        "Observe",
+        POOLS,
+        "the pool's HorizontalPodAutoscaler cannot get its metrics or cannot scale, or its "
+        "KEDA ScaledObject's triggers fail (ScalingActive turned False; the message has their "
+        "reason)",
     ),
     EventReason(
         COMPONENTS_UNAVAILABLE,

@@ -24,6 +24,7 @@ from celery_operator.plans.celeryworkerpool import (
     PoolInputs,
     PoolPlan,
     ScalerView,
+    autoscaler_ident,
     deployment_ident,
     plan_pool,
     secret_reads,
@@ -75,6 +76,11 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
         epoch=ctx.epoch(),
         observe=ctx.observe_seconds,
     )
+    if isinstance(pool, CeleryWorkerPool):
+        ident = autoscaler_ident(key, body, autoscaler_engine(pool))
+        if ident is not None:
+            cached = ctx.cache.child(body["metadata"]["uid"], *ident)
+            inputs = dataclasses.replace(inputs, autoscaler_object=cached)
     if not apply:  # a status-only pass reads no Secret (and leaves the references)
         return inputs
     secrets = ctx.secrets.read((POOL.task, key), secret_reads(inputs))

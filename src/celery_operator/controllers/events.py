@@ -31,6 +31,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from celery_operator.api.conditions import (
     ACCEPTED,
+    AUTOSCALER_FAILING,
     BROKER_UNREACHABLE,
     COMPLETE,
     CREATING,
@@ -311,6 +312,9 @@ def status_events(owner: Body, old: Mapping[str, Cond], new: Mapping[str, Cond])
             out.append(event(owner, BROKER_UNREACHABLE, sentence(n[2])))
         elif n and o and o[1] == BROKER_UNREACHABLE and n[0] == "True":
             out.append(event(owner, BROKER_REACHABLE, sentence(n[2])))
+    o, n = old.get(SCALING_ACTIVE), new.get(SCALING_ACTIVE)
+    if n and n[1] == AUTOSCALER_FAILING and (o is None or o[1] != AUTOSCALER_FAILING):
+        out.append(event(owner, AUTOSCALER_FAILING, sentence(n[2])))
     o, n = old.get(RECONCILING), new.get(RECONCILING)
     if n and n[1] == PAUSED and (o is None or o[1] != PAUSED):
         out.append(event(owner, PAUSED_EVENT, sentence(n[2])))

@@ -27,6 +27,7 @@ import kopf
 from prometheus_client import REGISTRY, start_http_server
 
 from celery_operator.api.base import GROUP
+from celery_operator.api.conditions import Outcome
 from celery_operator.api.kinds import (
     APP,
     BY_NAME,
@@ -52,6 +53,7 @@ from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s.events import EventRecorder
 from celery_operator.k8s.informer import Informer, wait_synced
 from celery_operator.k8s.objects import controller_ref
+from celery_operator.plans.celeryworkerpool import autoscaler_scaling
 from celery_operator.plans.workers import PodView, epoch_of
 from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
@@ -122,6 +124,8 @@ def _status_task(kind: Kind) -> str:
 def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     """A child changed: repair it when deleted or edited by someone else; else follow its status."""
     deleted = event_type == "DELETED"
+    autoscaler = body.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")
+    before = _autoscaler_said(ctx, body) if autoscaler else None
     _, drifted = ctx.cache.put_child(body, deleted)
     ref = controller_ref(body)
     if ref is None or not str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
@@ -135,6 +139,23 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     elif body.get("kind") == "Deployment":
         # Rollouts send a burst of status events: one status write for the burst.
         ctx.queue.add_soon(_status_task(owner), key, CHILD_STATUS_DELAY)
+    elif autoscaler and owner is POOL and autoscaler_scaling(body) != before:
+        # The HPA or KEDA started or stopped failing: the pool's ScalingActive says so.
+        ctx.queue.add_soon(_status_task(owner), key, CHILD_STATUS_DELAY)
+
+
+def _autoscaler_said(ctx: Context, body: dict[str, Any]) -> Outcome | None:
+    """What the cached version of this HPA or ScaledObject says (autoscaler_scaling)."""
+    ref = controller_ref(body)
+    meta = body["metadata"]
+    if ref is None:
+        return None
+    ident = (
+        f"{body.get('apiVersion')}/{body.get('kind')}",
+        meta.get("namespace", ""),
+        meta["name"],
+    )
+    return autoscaler_scaling(ctx.cache.child(str(ref.get("uid", "")), *ident))
 
 
 def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

@@ -25,6 +25,8 @@ from celery_operator.api.conditions import (
     APP_INVALID,
     APP_NOT_FOUND,
     AS_EXPECTED,
+    AUTOSCALER_ACTIVE,
+    AUTOSCALER_FAILING,
     AVAILABLE,
     BOUND,
     BROKER_UNREACHABLE,
@@ -298,8 +300,10 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
         ),
         ConditionDoc(
             SCALING_ACTIVE,
-            "Only with `autoscaling.queueLength.engine: builtin`: whether the operator can read "
-            "the queue lengths.",
+            "With autoscaling: engine builtin, whether the operator can read the queue "
+            "lengths; an HPA (cpu/memory) or KEDA, what the HorizontalPodAutoscaler's "
+            "`AbleToScale`/`ScalingActive` or the ScaledObject's `Ready` say (absent until "
+            "they say anything).",
             (
                 _r("True", POLLING, "Waiting for the first queue-length poll."),
                 _r("True", QUEUE_LENGTH_READ, "The message says how many tasks wait."),
@@ -307,6 +311,19 @@ CONDITIONS: dict[str, tuple[ConditionDoc, ...]] = {
                     "False",
                     BROKER_UNREACHABLE,
                     "The broker cannot be read; replicas stay as they are until it can.",
+                ),
+                _r(
+                    "True",
+                    AUTOSCALER_ACTIVE,
+                    "The HPA computes replicas from its metrics, or KEDA's ScaledObject is Ready.",
+                ),
+                _r(
+                    "False",
+                    AUTOSCALER_FAILING,
+                    "The HPA cannot get its metrics or cannot scale (no metrics-server, a "
+                    "missing request ...), or KEDA's triggers fail (broker unreachable, a "
+                    "RabbitMQ queue not declared yet): it does not scale. The message has "
+                    "their reason, message and failing triggers.",
                 ),
             ),
         ),

@@ -21,6 +21,8 @@ from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.conditions import (
     APP_INVALID,
+    AUTOSCALER_ACTIVE,
+    AUTOSCALER_FAILING,
     BOUND,
     BROKER_UNREACHABLE,
     BROKER_UNREADABLE,
@@ -32,10 +34,11 @@ from celery_operator.api.conditions import (
     PULL_SECRET_UNREADABLE,
     QUEUE_LENGTH_READ,
     READY,
+    SCALING_ACTIVE,
     Blocker,
     Outcome,
 )
-from celery_operator.api.kinds import DEPLOYMENT, POOL, Key, pool_app_key
+from celery_operator.api.kinds import DEPLOYMENT, HPA, POOL, SCALED_OBJECT, Key, pool_app_key
 from celery_operator.api.labels import PULL_SECRET_MIRRORS_ANNOTATION, selector
 from celery_operator.brokerurl import BrokerURL, BrokerURLError, parse_broker_url
 from celery_operator.plans.common import Body, app_problems, kept_block
@@ -115,6 +118,9 @@ class PoolInputs:
     observe: float | None = None
     # The Secrets `secret_reads` names, as last read (one missing here: it does not exist).
     secrets: Mapping[SecretKey, SecretView] = field(default_factory=dict)
+    # The pool's HorizontalPodAutoscaler (engine hpa) or ScaledObject (keda), as cached:
+    # what they say of themselves becomes ScalingActive.
+    autoscaler_object: Body | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,14 @@ def deployment_ident(key: Key, body: Body) -> tuple[str, str, str]:
     """The worker Deployment's (apiVersion/kind, namespace, name), as the cache names it."""
     name = common.worker_deployment_name(pool_app_key(body)[1], key[1])
     return (DEPLOYMENT.resource.key, key[0], name)
+
+
+def autoscaler_ident(key: Key, body: Body, engine: str | None) -> tuple[str, str, str] | None:
+    """The HPA (engine hpa) or ScaledObject (keda) of the pool, as the cache names it."""
+    kind = {"hpa": HPA, "keda": SCALED_OBJECT}.get(engine or "")
+    if kind is None:
+        return None
+    return (kind.resource.key, key[0], deployment_ident(key, body)[2])
 
 
 def connection_reads(i: PoolInputs) -> tuple[str, ...]:
@@ -399,7 +413,7 @@ def _plan_bound(i: PoolInputs, pool: CeleryWorkerPool, app: CeleryApp, base: Poo
             quiet=quiet,
             replicas=wp.replicas,
             autoscaler=_autoscaler(pool, engine, i.scaler, wp.replicas),
-            scaling=_scaling(engine, i.scaler),
+            scaling=_scaling(engine, i.scaler, i.autoscaler_object, i.body.get("status")),
         ),
         i,
         pool,
@@ -424,7 +438,9 @@ def _plan_unchanged(
         untrack=not polling and i.observe is None,
         unmonitor=False,
         autoscaler=_autoscaler(pool, engine, i.scaler, None),
-        scaling=None if app.spec.paused else _scaling(engine, i.scaler),
+        scaling=None
+        if app.spec.paused
+        else _scaling(engine, i.scaler, i.autoscaler_object, i.body.get("status")),
         paused=app.spec.paused,
     )
     return _with_workers(plan, i, pool, engine, _workers(i, pool, engine, None, status_only=True))
@@ -749,8 +765,16 @@ def _autoscaler(
     return out | {k: v for k, v in fields.items() if v is not None}
 
 
-def _scaling(engine: str | None, scaler: ScalerView | None) -> Outcome | None:
-    """ScalingActive (as an HPA says it): can the built-in scaler read the queues?"""
+def _scaling(
+    engine: str | None,
+    scaler: ScalerView | None,
+    autoscaler: Body | None = None,
+    old_status: Mapping[str, Any] | None = None,
+) -> Outcome | None:
+    """ScalingActive (as an HPA says it): can the built-in scaler read the queues? For an
+    HPA or KEDA, what their own object says (autoscaler_scaling)."""
+    if engine in ("hpa", "keda"):
+        return autoscaler_scaling(autoscaler) or _kept_autoscaler_scaling(old_status)
     if engine != "builtin" or scaler is None:
         return None
     if scaler.queue_length is None and scaler.error is None:
@@ -762,3 +786,63 @@ def _scaling(engine: str | None, scaler: ScalerView | None) -> Outcome | None:
             f"cannot read queue lengths ({scaler.error}); replicas stay as they are",
         )
     return Outcome(True, QUEUE_LENGTH_READ, f"{scaler.queue_length} tasks waiting")
+
+
+def _condition_of(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
+
+
+# The apiserver's optimistic-concurrency refusal: whoever got it reads again and retries.
+CONFLICT = "the object has been modified"
+
+
+def _kept_autoscaler_scaling(status: Mapping[str, Any] | None) -> Outcome | None:
+    """The ScalingActive an hpa or keda pool had, while its autoscaler says nothing new."""
+    c = _condition_of(status or {}, SCALING_ACTIVE)
+    if c is None or c.get("reason") not in (AUTOSCALER_ACTIVE, AUTOSCALER_FAILING):
+        return None
+    return Outcome(c.get("status") == "True", str(c["reason"]), str(c.get("message", "")))
+
+
+def autoscaler_scaling(obj: Body | None) -> Outcome | None:
+    """ScalingActive of an hpa or keda pool, from its HorizontalPodAutoscaler's own
+    AbleToScale/ScalingActive or its ScaledObject's Ready; None until they say anything.
+
+    An HPA that gets no metrics (no metrics-server, no CPU request ...) or a ScaledObject
+    whose triggers fail (KEDA cannot reach the broker, a RabbitMQ queue not declared yet)
+    never scales, and nothing else in the pool's status would say so."""
+    if obj is None:
+        return None
+    st = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    name, ns = meta.get("name", ""), meta.get("namespace", "")
+    if obj.get("kind") == "HorizontalPodAutoscaler":
+        what = f"HorizontalPodAutoscaler {name}"
+        able, active = _condition_of(st, "AbleToScale"), _condition_of(st, "ScalingActive")
+        bad = next((c for c in (able, active) if c and c.get("status") == "False"), None)
+        if bad is not None:
+            return Outcome(
+                False,
+                AUTOSCALER_FAILING,
+                f"{what}: {bad.get('reason', '')}: {bad.get('message', '')} "
+                f"(kubectl describe hpa {name} -n {ns})",
+            )
+        if active is None:
+            return None
+        return Outcome(True, AUTOSCALER_ACTIVE, f"{what}: {active.get('message', '')}")
+    what = f"ScaledObject {name}"
+    ready = _condition_of(st, "Ready")
+    if ready is None or (ready.get("status") == "Unknown" and not ready.get("reason")):
+        return None
+    if CONFLICT in str(ready.get("message", "")):
+        return None  # KEDA lost a race with another writer of the object and tries again
+    if ready.get("status") == "True":
+        return Outcome(True, AUTOSCALER_ACTIVE, f"{what}: {ready.get('message', '')}")
+    failing = sorted(
+        str(k) for k, v in (st.get("health") or {}).items() if (v or {}).get("status") == "Failing"
+    )
+    message = f"{what}: {ready.get('reason', '')}: {ready.get('message', '')}"
+    if failing:
+        message += f"; failing: {', '.join(failing)}"
+    message += f" (KEDA's events say why: kubectl describe scaledobject {name} -n {ns})"
+    return Outcome(False, AUTOSCALER_FAILING, message)
