@@ -37,6 +37,9 @@ API_SERVICE = "v1beta1.external.metrics.k8s.io"
 class Keda:
     cp: ControlPlane
     bindir: Path
+    # Where the adapter serves the apiserver: any address of this host but loopback (an
+    # EndpointSlice cannot hold one). The real node's bridge gateway by default.
+    host: str = GATEWAY
     applied: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -58,7 +61,7 @@ class Keda:
             year,
             sans=[
                 "127.0.0.1",
-                GATEWAY,
+                self.host,
                 "localhost",
                 f"{SERVICE}.{NAMESPACE}.svc",
                 f"keda-operator.{NAMESPACE}.svc",
@@ -71,7 +74,7 @@ class Keda:
         (d / "tls.key").chmod(0o600)
         grpc, health = free_port("127.0.0.1"), free_port("127.0.0.1")
         op_metrics = free_port("127.0.0.1")
-        https, ad_metrics = free_port(GATEWAY), free_port("127.0.0.1")
+        https, ad_metrics = free_port(self.host), free_port("127.0.0.1")
         kc = str(self.cp.kubeconfig)
         self.cp.kubectl(
             "apply",
@@ -111,7 +114,7 @@ class Keda:
                 f"--lister-kubeconfig={kc}",
                 f"--authentication-kubeconfig={kc}",
                 f"--authorization-kubeconfig={kc}",
-                f"--bind-address={GATEWAY}",
+                f"--bind-address={self.host}",
                 f"--secure-port={https}",
                 f"--tls-cert-file={d / 'tls.crt'}",
                 f"--tls-private-key-file={d / 'tls.key'}",
@@ -135,7 +138,7 @@ class Keda:
                 "kind": "EndpointSlice",
                 "metadata": {"name": SERVICE, "namespace": NAMESPACE, "labels": labels},
                 "addressType": "IPv4",
-                "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
+                "endpoints": [{"addresses": [self.host], "conditions": {"ready": True}}],
                 "ports": [{"name": "https", "port": https, "protocol": "TCP"}],
             },
             {

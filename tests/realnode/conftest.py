@@ -11,6 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 from celery import Celery
+from testenv.keda import Keda
+from testenv.metricsserver import MetricsServer
+from testenv.paths import cache_dir, versions
 from testenv.realnode import GATEWAY, RealNode
 
 from tests.support.brokers import RedisServer
@@ -45,6 +48,43 @@ def pod_redis(real_node: RealNode) -> Iterator[RedisServer]:
     """A real Redis on 127.0.0.1 (for the test) and on the bridge gateway (for pods)."""
     with RedisServer(pod_host=GATEWAY) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def metrics_server(cluster: Cluster, real_node: RealNode) -> Iterator[MetricsServer]:
+    """metrics-server reading the real node's kubelet (host process, testenv/metricsserver.py)."""
+    version = versions()["METRICS_SERVER_VERSION"]
+    binary = cache_dir() / f"metrics-server-{version}" / "bin" / "metrics-server"
+    if not binary.exists():
+        pytest.fail(
+            f"metrics-server {version} is not built: run `testenv/build.sh metrics-server` "
+            "(or `make testenv`)",
+            pytrace=False,
+        )
+    assert cluster.control_plane is not None
+    ms = MetricsServer(cluster.control_plane, binary).start()
+    try:
+        yield ms
+    finally:
+        ms.stop()
+
+
+@pytest.fixture(scope="module")
+def keda(cluster: Cluster, real_node: RealNode, keda_crds: None) -> Iterator[Keda]:
+    """KEDA's operator and metrics adapter (host processes, testenv/keda.py)."""
+    version = versions()["KEDA_VERSION"]
+    bindir = cache_dir() / f"keda-{version}" / "bin"
+    if not (bindir / "keda").exists():
+        pytest.fail(
+            f"KEDA {version} is not built: run `testenv/build.sh keda-server` (or `make testenv`)",
+            pytrace=False,
+        )
+    assert cluster.control_plane is not None
+    k = Keda(cluster.control_plane, bindir).start()
+    try:
+        yield k
+    finally:
+        k.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,36 +9,15 @@ sent is counted: none lost, none twice, none killed by the scale-down.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from testenv.metricsserver import MetricsServer
-from testenv.paths import cache_dir, versions
-from testenv.realnode import RealNode
 
 from tests.support.cluster import Cluster, wait_for
 from tests.support.shop import Shop, assert_exactly_once, pool_of_shop, report
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def metrics_server(cluster: Cluster, real_node: RealNode) -> Iterator[MetricsServer]:
-    version = versions()["METRICS_SERVER_VERSION"]
-    binary = cache_dir() / f"metrics-server-{version}" / "bin" / "metrics-server"
-    if not binary.exists():
-        pytest.fail(
-            f"metrics-server {version} is not built: run `testenv/build.sh metrics-server` "
-            "(or `make testenv`)",
-            pytrace=False,
-        )
-    assert cluster.control_plane is not None
-    ms = MetricsServer(cluster.control_plane, binary).start()
-    try:
-        yield ms
-    finally:
-        ms.stop()
 
 
 def hpa(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:

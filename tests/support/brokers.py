@@ -293,10 +293,13 @@ class RabbitMQServer(_Server):
         password: str | None = None,
         vhost: str = "celery",
         *,
+        pod_host: str | None = None,
         start_timeout: float = RABBITMQ_START_TIMEOUT,
     ) -> None:
         super().__init__(start_timeout)
         self.sbin = self._find_sbin()
+        # Also listen on this address (the real node's bridge gateway), for pods.
+        self.pod_host = pod_host
         self.user = user
         self.password = password if password is not None else secrets.token_hex(8)
         self.vhost = vhost
@@ -313,6 +316,7 @@ class RabbitMQServer(_Server):
             "\n".join(
                 [
                     f"listeners.tcp.default = {self.host}:{self.port}",
+                    *([f"listeners.tcp.pods = {pod_host}:{self.port}"] if pod_host else []),
                     f"default_user = {self.user}",
                     f"default_pass = {self.password}",
                     f"default_vhost = {self.vhost}",
@@ -342,9 +346,12 @@ class RabbitMQServer(_Server):
 
     @property
     def url(self) -> str:
+        return self.url_for(self.host)
+
+    def url_for(self, host: str) -> str:
         return (
             f"amqp://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-            f"@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+            f"@{host}:{self.port}/{quote(self.vhost, safe='')}"
         )
 
     def _command(self) -> list[str]:
