@@ -87,6 +87,8 @@ class FixedLookup:
     secret_readers: dict[tuple[str, str], set[str]] | None = None
     access_fail: bool = False  # the SubjectAccessReview itself fails
     access_checks: list[tuple[str, str, str]] = field(default_factory=list)  # (user, ns, name)
+    # namespace -> the resources its LimitRanges default; None: listing them fails.
+    limit_defaults: dict[str, frozenset[str]] | None = field(default_factory=dict)
 
     def _check(self) -> None:
         if self.fail:
@@ -123,6 +125,12 @@ class FixedLookup:
     def flowers(self, namespace: str) -> list[dict[str, Any]]:
         self._check()
         return [f for f in self.flower_list if f["metadata"]["namespace"] == namespace]
+
+    def limit_range_defaults(self, namespace: str) -> frozenset[str]:
+        self._check()
+        if self.limit_defaults is None:
+            raise PermissionError("limitranges is forbidden")
+        return self.limit_defaults.get(namespace, frozenset())
 
     def may_get_secret(self, user: UserInfo, namespace: str, name: str) -> Access:
         self.access_checks.append((user.username, namespace, name))

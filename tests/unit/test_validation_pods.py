@@ -18,6 +18,7 @@ from celery_operator.validation import errors
 from celery_operator.validation.celeryapp import validate_app
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
+    utilization_without_requests,
     validate_pool,
     validate_pool_binding,
 )
@@ -361,20 +362,33 @@ def test_a_status_only_pass_keeps_reporting_the_collision() -> None:
 def test_a_utilization_target_needs_requests_on_every_container() -> None:
     """An HPA computes utilization against the requests of every container of the pods
     (native sidecars included) and does not scale when one has none: such a spec is
-    refused, naming the target and each missing request."""
+    refused, naming the target and each missing request. A limit gives the request, and
+    so does a LimitRange default of the namespace."""
+
+    def problems(spec: dict[str, Any], defaulted: frozenset[str] = frozenset()) -> list[str]:
+        return texts(utilization_without_requests(o.pool(spec=spec), defaulted))
+
     auto = {"minReplicas": 1, "maxReplicas": 3, "cpu": {"averageUtilization": 60}}
     sidecar = {**PROXY, "resources": {"requests": {"cpu": "10m"}}}
     no_requests = {"requests": None, "limits": {"memory": "1Gi"}}  # the example has some
-    (msg,) = pool_problems({"autoscaling": auto, "sidecars": [PROXY], "resources": no_requests})
+    (msg,) = problems({"autoscaling": auto, "sidecars": [PROXY], "resources": no_requests})
     assert msg.startswith("spec.autoscaling.cpu: a cpu utilization target is a percentage")
     assert "set spec.resources.requests.cpu, spec.sidecars[0].resources.requests.cpu (proxy)" in msg
     ok = {"autoscaling": auto, "sidecars": [sidecar]}  # the example's worker asks 250m
-    assert pool_problems(ok) == []
+    assert problems(ok) == []
     memory = {**auto, "memory": {"averageUtilization": 80}}
-    (msg,) = pool_problems({**ok, "autoscaling": memory})
+    (msg,) = problems({**ok, "autoscaling": memory})
     assert msg.startswith("spec.autoscaling.memory:")
     assert "spec.resources.requests.memory" not in msg, "the worker asks 256Mi"
     assert "spec.sidecars[0].resources.requests.memory (proxy)" in msg
+    # A limit becomes the request; a LimitRange default counts for every container.
+    limited = {"requests": None, "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert problems({"autoscaling": auto, "sidecars": [sidecar], "resources": limited}) == []
+    bare = {"autoscaling": auto, "sidecars": [PROXY], "resources": no_requests}
+    assert problems(bare, frozenset({"cpu"})) == []
     # Queue length alone needs no request.
     queue = {"minReplicas": 0, "maxReplicas": 3, "queueLength": {"engine": "builtin"}}
-    assert pool_problems({"autoscaling": queue}) == []
+    assert problems({"autoscaling": queue}) == []
+    # The object alone does not decide it (a LimitRange may give the requests): the
+    # operator does not block such a pool; admission does (test_webhook_app.py).
+    assert pool_problems(bare) == []

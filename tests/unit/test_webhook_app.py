@@ -293,3 +293,20 @@ def test_health_and_metrics() -> None:
     )
     not_ready = TestClient(create_app(lookup(), ready=lambda: False))
     assert not_ready.get("/readyz").status_code == 503
+
+
+def test_a_cpu_target_without_requests_is_refused_unless_a_limit_range_gives_them() -> None:
+    """Admission looks at the namespace's LimitRanges only when a request is missing; if
+    they cannot be read it warns instead of refusing what one of them may fix."""
+    no_requests = {"resources": {"requests": None, "limits": {"memory": "1Gi"}}}
+    hpa = {"autoscaling": {"minReplicas": 1, "maxReplicas": 3, "cpu": {"averageUtilization": 60}}}
+    pool = deep_merge(POOL, {"spec": {**no_requests, **hpa}})
+    resp = verdict("/validate/celeryworkerpools", pool)
+    assert not resp["allowed"]
+    assert "spec.autoscaling.cpu: a cpu utilization target" in resp["status"]["message"]
+    assert "set spec.resources.requests.cpu" in resp["status"]["message"]
+    defaults = lookup(limit_defaults={"shop": frozenset({"cpu", "memory"})})
+    assert verdict("/validate/celeryworkerpools", pool, defaults)["allowed"]
+    unreadable = verdict("/validate/celeryworkerpools", pool, lookup(limit_defaults=None))
+    assert unreadable["allowed"]
+    assert any("LimitRanges could not be read" in w for w in unreadable["warnings"])

@@ -86,6 +86,8 @@ SECRET = ChildKind(Resource("", "v1", "Secret", "secrets"), watched=False)
 # they cannot run.
 NAMESPACE = Resource("", "v1", "Namespace", "namespaces", namespaced=False)
 POD = Resource("", "v1", "Pod", "pods")
+# Read by the webhook only: the requests a namespace gives containers that ask for none.
+LIMIT_RANGE = Resource("", "v1", "LimitRange", "limitranges")
 
 
 def pool_app_key(body: Mapping[str, Any]) -> Key:

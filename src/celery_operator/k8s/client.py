@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
-from celery_operator.api.kinds import Resource, resources
+from celery_operator.api.kinds import LIMIT_RANGE, Resource, resources
 from celery_operator.api.labels import FIELD_MANAGER
 
 API_REQUESTS = Counter(
@@ -62,6 +62,7 @@ RESOURCES: dict[str, Resource] = {
     r.key: r
     for r in (
         *resources(),
+        LIMIT_RANGE,
         Resource(
             "admissionregistration.k8s.io",
             "v1",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery_operator.api.kinds import KINDS, NAMESPACE, POD, Resource, child_kinds
+from celery_operator.api.kinds import KINDS, LIMIT_RANGE, NAMESPACE, POD, Resource, child_kinds
 
 CHILD_VERBS = ["get", "list", "watch", "create", "patch", "update", "delete"]
 UNWATCHED_CHILD_VERBS = ["get", "create", "patch", "update", "delete"]
@@ -128,6 +128,9 @@ def webhook_cluster_rules(configuration: str = "celery-operator") -> list[dict[s
             {"apiGroups": [g], "resources": p, "verbs": list(READ)}
             for g, p in _by_group([*(k.resource for k in KINDS), NAMESPACE]).items()
         ),
+        # A CPU/memory utilization target without a request passes when a LimitRange of
+        # the namespace gives one: read them then.
+        {"apiGroups": [LIMIT_RANGE.group], "resources": [LIMIT_RANGE.plural], "verbs": ["list"]},
         # The broker URL's scheme decides whether the built-in scaler can read it: get only.
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         # May the requesting user get the Secrets a spec names? (No confused deputy.)

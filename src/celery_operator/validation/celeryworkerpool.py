@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,36 +61,44 @@ def validate_pool(pool: CeleryWorkerPool) -> list[Problem]:
             and (a.cpu is not None or a.memory is not None)
         ):
             problems.append(Problem("spec.autoscaling", api.MSG_BUILTIN_RESOURCES))
-        problems += _utilization_without_requests(pool)
     if (w := image_tag_warning("spec.image", s.image)) is not None:
         problems.append(w)
     return problems
 
 
-def _requests_of(container: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return ((container or {}).get("resources") or {}).get("requests") or {}
+def _requested(container: Mapping[str, Any] | None, resource: str) -> bool:
+    """Whether the container will have a request of `resource`: its own, or its limit
+    (the apiserver sets a missing request to the limit)."""
+    r = (container or {}).get("resources") or {}
+    return resource in (r.get("requests") or {}) or resource in (r.get("limits") or {})
 
 
-def _utilization_without_requests(pool: CeleryWorkerPool) -> list[Problem]:
+def utilization_without_requests(
+    pool: CeleryWorkerPool, defaulted: Collection[str] = ()
+) -> list[Problem]:
     """A CPU or memory utilization target is a percentage of the pods' requests: the HPA
     (KEDA's too) needs a request of that resource on every container of the worker pods,
-    the worker's and each native sidecar's, or it never scales ("missing request")."""
+    the worker's and each native sidecar's, or it never scales ("missing request"). A
+    limit gives the request; `defaulted` are the resources the namespace's LimitRanges
+    give every container (their default or defaultRequest). Admission only: the operator
+    cannot see LimitRanges, and the HPA's own condition (the pool's ScalingActive) says it
+    after the fact."""
     s, a = pool.spec, pool.spec.autoscaling
     if a is None:
         return []
     out: list[Problem] = []
     for resource, target in (("cpu", a.cpu), ("memory", a.memory)):
-        if target is None:
+        if target is None or resource in defaulted:
             continue
         missing = (
             []
-            if resource in _requests_of({"resources": s.resources})
+            if _requested({"resources": s.resources}, resource)
             else [f"spec.resources.requests.{resource}"]
         )
         missing += [
             f"spec.sidecars[{i}].resources.requests.{resource} ({c.get('name')})"
             for i, c in enumerate(s.sidecars)
-            if resource not in _requests_of(c)
+            if not _requested(c, resource)
         ]
         if missing:
             out.append(
@@ -98,7 +106,8 @@ def _utilization_without_requests(pool: CeleryWorkerPool) -> list[Problem]:
                     f"spec.autoscaling.{resource}",
                     f"a {resource} utilization target is a percentage of the workers' "
                     f"{resource} requests, and an HPA scales only when every container of the "
-                    f"pods has one: set {', '.join(missing)}",
+                    f"pods has one: set {', '.join(missing)} (or a LimitRange default "
+                    "in the namespace)",
                 )
             )
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery_operator.api.base import API_VERSION
-from celery_operator.api.kinds import APP, FLOWER, NAMESPACE, POOL
+from celery_operator.api.kinds import APP, FLOWER, LIMIT_RANGE, NAMESPACE, POOL
 from celery_operator.api.labels import LABEL_APP, LABEL_APP_NAMESPACE, label_value
 from celery_operator.k8s import client
 from celery_operator.k8s.watchcache import WatchCache
@@ -75,6 +75,7 @@ class Lookup(Protocol):
     def pools_of_app(self, namespace: str, name: str) -> list[dict[str, Any]]: ...
     def flowers(self, namespace: str) -> list[dict[str, Any]]: ...
     def may_get_secret(self, user: UserInfo, namespace: str, name: str) -> Access: ...
+    def limit_range_defaults(self, namespace: str) -> frozenset[str]: ...
 
 
 class ApiLookup:
@@ -134,3 +135,21 @@ class ApiLookup:
             access_review_spec(user, namespace, name), timeout=ACCESS_REVIEW_TIMEOUT
         )
         return access_of(status)
+
+    def limit_range_defaults(self, namespace: str) -> frozenset[str]:
+        """The resources the namespace's LimitRanges give every container that asks for
+        none (`default` or `defaultRequest` of a Container limit). Read from the API (rare,
+        and only for a pool with a utilization target lacking a request)."""
+        return limit_range_defaults(
+            client.list_objects(LIMIT_RANGE.api_version, LIMIT_RANGE.kind, namespace)
+        )
+
+
+def limit_range_defaults(limit_ranges: list[dict[str, Any]]) -> frozenset[str]:
+    out: set[str] = set()
+    for lr in limit_ranges:
+        for item in (lr.get("spec") or {}).get("limits") or []:
+            if item.get("type") == "Container":
+                out.update(item.get("default") or {})
+                out.update(item.get("defaultRequest") or {})
+    return frozenset(out)
