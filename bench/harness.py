@@ -41,7 +41,9 @@ def environment() -> Iterator[Env]:
         return
     with ControlPlane() as cp:
         assert cp.binaries is not None
-        env = Env(cp.kubeconfig, cp.binaries.kubectl)
+        env = Env(
+            cp.kubeconfig, cp.binaries.kubectl, keda_crds=cp.binaries.keda_crds, control_plane=cp
+        )
         env.install_crds()
         yield env
 

@@ -15,6 +15,7 @@ from bench import (
     convergence,
     drift_status,
     failover,
+    keda_vs_builtin,
     scaler_reaction,
     webhook_latency,
 )
@@ -56,6 +57,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             f"Reproduce: `{r['command']}`",
             "",
         ]
+    if "keda" in results:
+        lines += keda_vs_builtin.section(results["keda"])
     if "convergence" in results:
         r = results["convergence"]
         lines += [
@@ -250,6 +253,7 @@ def main() -> None:
         p.error("--convergence-trials takes one number, or one per --apps value")
     results = {
         "scaler": scaler_reaction.run(a.trials, 1.0),
+        "keda": keda_vs_builtin.run(60.0),
         "drift": drift_status.run(a.trials),
         "webhook": webhook_latency.run(400),
         "busy": busy_workers.run(100, 120.0),
