@@ -12,7 +12,6 @@ CA. Its APIService goes last on start and first on stop.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import os
 import subprocess
@@ -25,7 +24,7 @@ import yaml
 
 from celery_operator.certs import pki
 from testenv.controlplane import ControlPlane, _die_with_parent
-from testenv.metricsserver import free_port
+from testenv.metricsserver import aggregated_api, cluster_ca, free_port
 from testenv.realnode import GATEWAY
 
 NAMESPACE = "keda"
@@ -47,10 +46,7 @@ class Keda:
         w = self.cp.workdir
         assert w is not None
         assert self.cp.kubeconfig is not None
-        ca = pki.KeyPair(
-            cert_pem=(w / "pki" / "ca.crt").read_bytes(),
-            key_pem=(w / "pki" / "ca.key").read_bytes(),
-        )
+        ca = cluster_ca(w)
         year = dt.timedelta(days=30)
         d = w / "keda"
         d.mkdir(exist_ok=True)
@@ -125,36 +121,14 @@ class Keda:
             ],
             env,
         )
-        labels = {"kubernetes.io/service-name": SERVICE}
-        self.applied = [
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": SERVICE, "namespace": NAMESPACE},
-                "spec": {"ports": [{"name": "https", "port": 443, "targetPort": https}]},
-            },
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": SERVICE, "namespace": NAMESPACE, "labels": labels},
-                "addressType": "IPv4",
-                "endpoints": [{"addresses": [self.host], "conditions": {"ready": True}}],
-                "ports": [{"name": "https", "port": https, "protocol": "TCP"}],
-            },
-            {
-                "apiVersion": "apiregistration.k8s.io/v1",
-                "kind": "APIService",
-                "metadata": {"name": API_SERVICE},
-                "spec": {
-                    "group": "external.metrics.k8s.io",
-                    "version": "v1beta1",
-                    "service": {"name": SERVICE, "namespace": NAMESPACE, "port": 443},
-                    "caBundle": base64.b64encode(ca.cert_pem).decode(),
-                    "groupPriorityMinimum": 100,
-                    "versionPriority": 100,
-                },
-            },
-        ]
+        self.applied = aggregated_api(
+            name=SERVICE,
+            namespace=NAMESPACE,
+            group="external.metrics.k8s.io",
+            host=self.host,
+            port=https,
+            ca_pem=ca.cert_pem,
+        )
         self.cp.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(self.applied))
         self._wait_available(timeout)
         return self

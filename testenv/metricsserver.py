@@ -40,39 +40,69 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+def cluster_ca(workdir: Path) -> pki.KeyPair:
+    """The control plane's CA (testenv/controlplane.py writes it under pki/)."""
+    return pki.KeyPair(
+        cert_pem=(workdir / "pki" / "ca.crt").read_bytes(),
+        key_pem=(workdir / "pki" / "ca.key").read_bytes(),
+    )
+
+
+def aggregated_api(
+    *,
+    name: str,
+    namespace: str,
+    group: str,
+    host: str,
+    port: int,
+    ca_pem: bytes,
+    version: str = "v1beta1",
+) -> list[dict[str, Any]]:
+    """A Service, its EndpointSlice (this host's `host`:`port`; aggregated APIs are reached
+    on their endpoint addresses, never loopback) and the APIService of `version`.`group`."""
     import base64
 
-    labels = {"kubernetes.io/service-name": NAME, "app.kubernetes.io/name": NAME}
+    labels = {"kubernetes.io/service-name": name, "app.kubernetes.io/name": name}
     return [
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": {"name": NAME, "namespace": NAMESPACE},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port}]},
         },
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
-            "metadata": {"name": NAME, "namespace": NAMESPACE, "labels": labels},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
             "addressType": "IPv4",
-            "endpoints": [{"addresses": [GATEWAY], "conditions": {"ready": True}}],
+            "endpoints": [{"addresses": [host], "conditions": {"ready": True}}],
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
         },
         {
             "apiVersion": "apiregistration.k8s.io/v1",
             "kind": "APIService",
-            "metadata": {"name": API_SERVICE},
+            "metadata": {"name": f"{version}.{group}"},
             "spec": {
-                "group": "metrics.k8s.io",
-                "version": "v1beta1",
-                "service": {"name": NAME, "namespace": NAMESPACE, "port": 443},
+                "group": group,
+                "version": version,
+                "service": {"name": name, "namespace": namespace, "port": 443},
                 "caBundle": base64.b64encode(ca_pem).decode(),
                 "groupPriorityMinimum": 100,
                 "versionPriority": 100,
             },
         },
     ]
+
+
+def objects(port: int, ca_pem: bytes) -> list[dict[str, Any]]:
+    return aggregated_api(
+        name=NAME,
+        namespace=NAMESPACE,
+        group="metrics.k8s.io",
+        host=GATEWAY,
+        port=port,
+        ca_pem=ca_pem,
+    )
 
 
 @dataclass
@@ -87,10 +117,7 @@ class MetricsServer:
         w = self.cp.workdir
         assert w is not None
         assert self.cp.kubeconfig is not None
-        ca = pki.KeyPair(
-            cert_pem=(w / "pki" / "ca.crt").read_bytes(),
-            key_pem=(w / "pki" / "ca.key").read_bytes(),
-        )
+        ca = cluster_ca(w)
         serving = pki.issue_cert(
             ca,
             NAME,

@@ -2,9 +2,8 @@
 chart) writes the ScaledObject, TriggerAuthentication and Secret; KEDA's operator and
 metrics adapter (host processes, testenv/keda.py) read them, poll the real Redis or
 RabbitMQ, and the HPA controller scales the pool's Deployment through the external metrics
-API. Where the test is about scaling only, the worker pods are kwok's (they never consume,
-so a backlog stays put); where it is about work, they run on the real node and every task
-is counted.
+API. The worker pods are kwok's (they never consume, so a backlog stays put): these tests
+are about scaling; KEDA scaling real workers on CPU is in test_autoscalers.py.
 """
 
 from __future__ import annotations
@@ -21,12 +20,10 @@ import pytest
 from celery import Celery
 from kombu import Connection
 from testenv.keda import Keda
-from testenv.metricsserver import MetricsServer
 from testenv.realnode import GATEWAY
 
 from tests.support.brokers import RabbitMQServer, RedisServer
 from tests.support.cluster import Cluster, wait_for
-from tests.support.shop import Shop, assert_exactly_once, pool_of_shop, report
 
 pytestmark = pytest.mark.timeout(900)
 GROUP = "celeryproject.org/v1alpha1"
@@ -180,83 +177,6 @@ def test_keda_scales_a_pool_from_zero_on_a_backlog_and_back(
     )
     purge(server.url, "emails")  # kombu purges every priority list of the queue
     wait_for("back to 0 after the cooldown", lambda: replicas(cluster, namespace) == 0, timeout=180)
-
-
-# ---- CPU and queue together, real workers ---------------------------------------------------
-def test_keda_scales_real_workers_on_cpu_while_the_queue_is_short(
-    cluster: Cluster, shop: Shop, keda: Keda, metrics_server: MetricsServer
-) -> None:
-    """A KEDA pool with a queue trigger that never asks for more than one worker and a cpu
-    trigger: workers burning CPU scale it up (the HPA KEDA writes takes the highest of the
-    two), idle ones bring it back to one. Every task counted."""
-    ns = shop.namespace
-    cluster.apply(
-        pool_of_shop(
-            ns,
-            "kcpu",
-            {
-                "queues": ["kcpu"],
-                "concurrency": 1,
-                "prefetchMultiplier": 1,
-                "resources": {
-                    "requests": {"cpu": "50m", "memory": "96Mi"},
-                    "limits": {"cpu": "200m", "memory": "384Mi"},
-                },
-                "autoscaling": {
-                    "minReplicas": 1,
-                    "maxReplicas": 3,
-                    "cpu": {"averageUtilization": 50},
-                    "queueLength": {
-                        "engine": "keda",
-                        "targetPerReplica": 100,
-                        "pollingIntervalSeconds": 2,
-                        "cooldownSeconds": 10,
-                    },
-                    "behavior": {
-                        "scaleUp": {"stabilizationWindowSeconds": 0},
-                        "scaleDown": {
-                            "stabilizationWindowSeconds": 20,
-                            "policies": [{"type": "Pods", "value": 3, "periodSeconds": 15}],
-                        },
-                    },
-                },
-            },
-        )
-    )
-    try:
-        shop.wait_pool("kcpu", timeout=180)
-        name = cluster.get("cwp", "kcpu", ns)["status"]["deployment"]
-        wait_for("KEDA to take the ScaledObject", lambda: keda_ready(cluster, ns, name), 120)
-
-        def hpa_status() -> dict[str, Any]:
-            return dict(cluster.get("hpa", f"keda-hpa-{name}", ns).get("status") or {})
-
-        wait_for(
-            "KEDA's HPA to read both metrics",
-            lambda: len(hpa_status().get("currentMetrics") or []) == 2,
-            timeout=120,
-        )
-        ledger = shop.ledger()
-        for _i in range(6):
-            shop.send(ledger, "shop.burn", [20], "kcpu")
-        wait_for(
-            "KEDA's HPA to scale the pool up on CPU",
-            lambda: int(cluster.get("deployment", name, ns)["spec"]["replicas"]) > 1,
-            timeout=180,
-        )
-        up = hpa_status()
-        print(
-            f"\nKEDA cpu + queue: {json.dumps(up.get('currentMetrics'))} -> {up['desiredReplicas']}"
-        )
-        tally = assert_exactly_once(ledger, timeout=300)
-        wait_for(
-            "idle workers scaled back down to 1",
-            lambda: int(cluster.get("deployment", name, ns)["spec"]["replicas"]) == 1,
-            timeout=240,
-        )
-        report("KEDA on CPU and queue, up and down", tally)
-    finally:
-        cluster.run("delete", "celeryworkerpool", "kcpu", "-n", ns, "--wait=true")
 
 
 # ---- switching engines on a live pool -------------------------------------------------------
