@@ -41,6 +41,8 @@ class Keda:
     host: str = GATEWAY
     applied: list[dict[str, Any]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # The operator's Prometheus endpoint (keda_scaler_metrics_value, keda_scaler_active ...).
+    metrics_url: str = ""
 
     def start(self, timeout: float = 180) -> Keda:
         w = self.cp.workdir
@@ -70,6 +72,7 @@ class Keda:
         (d / "tls.key").chmod(0o600)
         grpc, health = free_port("127.0.0.1"), free_port("127.0.0.1")
         op_metrics = free_port("127.0.0.1")
+        self.metrics_url = f"http://127.0.0.1:{op_metrics}/metrics"
         https, ad_metrics = free_port(self.host), free_port("127.0.0.1")
         kc = str(self.cp.kubeconfig)
         self.cp.kubectl(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +89,21 @@ def scaling_active(cluster: Cluster, ns: str, pool: str = "emails") -> tuple[str
     return None if c is None else (c["status"], c["reason"], c["message"])
 
 
+def keda_says(keda: Keda, ns: str, name: str = DEPLOYMENT) -> dict[str, list[float]]:
+    """KEDA's own figures for the ScaledObject, from its operator's /metrics: the values its
+    scalers read (keda_scaler_metrics_value) and whether they count as active."""
+    with urllib.request.urlopen(keda.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, list[float]] = {"metrics_value": [], "active": []}
+    for family in out:
+        pattern = rf"^keda_scaler_{family}\{{([^}}]*)\}} (\S+)$"
+        for m in re.finditer(pattern, text, re.M):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            if labels.get("namespace") == ns and labels.get("scaledObject") == name:
+                out[family].append(float(m.group(2)))
+    return out
+
+
 def send(url: str, queue: str, priorities: list[int]) -> None:
     """Real Celery messages (never consumed here): one per priority given."""
     client = Celery("sender", broker=url)
@@ -111,6 +128,7 @@ def purge(url: str, queue: str) -> None:
 def test_keda_scales_a_pool_from_zero_on_a_backlog_and_back(
     cluster: Cluster,
     installed: str,
+    keda: Keda,
     request: pytest.FixtureRequest,
     namespace: str,
     broker: str,
@@ -131,6 +149,7 @@ def test_keda_scales_a_pool_from_zero_on_a_backlog_and_back(
             "queueLength": {
                 "engine": "keda",
                 "targetPerReplica": 5,
+                "activation": 5,
                 "pollingIntervalSeconds": 2,
                 "cooldownSeconds": 10,
             },
@@ -163,7 +182,19 @@ def test_keda_scales_a_pool_from_zero_on_a_backlog_and_back(
     assert kinds == (["External", "Resource"] if cpu else ["External"]), keda_hpa["spec"]
     wait_for("an idle pool at 0", lambda: replicas(cluster, namespace) == 0, timeout=120)
 
-    priorities = [0] * 7 + [4] * 5 + [9] * 5 if broker == "redis" else [0] * 17
+    # Activation 5: 4 waiting tasks do not wake the pool. KEDA records the value it read and
+    # whether that makes the ScaledObject active in the same poll: once it has read 4, it
+    # said inactive, and the pool is still at 0.
+    send(server.url, "emails", [0] * 4)
+    seen = wait_for(
+        "KEDA to read 4 waiting tasks",
+        lambda: (v := keda_says(keda, namespace)) and max(v["metrics_value"]) == 4 and v,
+        timeout=60,
+    )
+    assert set(seen["active"]) == {0.0}, seen
+    assert replicas(cluster, namespace) == 0
+    # 13 more: 17 in all.
+    priorities = [0] * 3 + [4] * 5 + [9] * 5 if broker == "redis" else [0] * 13
     send(server.url, "emails", priorities)
     if broker == "redis":
         r = server.client()
