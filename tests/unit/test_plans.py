@@ -693,6 +693,30 @@ POOL_CASES = [
         check=_says_scaling("TriggerError"),
     ),
     Case(
+        "switched-to-hpa-forgets-what-keda-said",
+        "CeleryWorkerPool",
+        lambda: pool_inputs(
+            spec=HPA,
+            deployment=deployment(3),
+            status={
+                "conditions": [
+                    {
+                        "type": "ScalingActive",
+                        "status": "False",
+                        "reason": "AutoscalerFailing",
+                        "message": "ScaledObject shop-emails: TriggerError: ...",
+                        "lastTransitionTime": NOW,
+                    }
+                ]
+            },
+            autoscaler_object=hpa_object(),  # the new HPA, not read by its controller yet
+        ),
+        {"Ready": ("True", "Available")},
+        deployment=deployment(3),
+        children=("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"),
+        check=lambda plan, status: _no_condition(status, "ScalingActive"),
+    ),
+    Case(
         "keda-not-yet-read",
         "CeleryWorkerPool",
         lambda: pool_inputs(

@@ -774,7 +774,7 @@ def _scaling(
     """ScalingActive (as an HPA says it): can the built-in scaler read the queues? For an
     HPA or KEDA, what their own object says (autoscaler_scaling)."""
     if engine in ("hpa", "keda"):
-        return autoscaler_scaling(autoscaler) or _kept_autoscaler_scaling(old_status)
+        return autoscaler_scaling(autoscaler) or _kept_autoscaler_scaling(old_status, autoscaler)
     if engine != "builtin" or scaler is None:
         return None
     if scaler.queue_length is None and scaler.error is None:
@@ -796,12 +796,21 @@ def _condition_of(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | 
 CONFLICT = "the object has been modified"
 
 
-def _kept_autoscaler_scaling(status: Mapping[str, Any] | None) -> Outcome | None:
-    """The ScalingActive an hpa or keda pool had, while its autoscaler says nothing new."""
+def _autoscaler_what(obj: Body) -> str:
+    """How ScalingActive's message names the object: "<Kind> <name>"."""
+    return f"{obj.get('kind', '')} {(obj.get('metadata') or {}).get('name', '')}"
+
+
+def _kept_autoscaler_scaling(status: Mapping[str, Any] | None, obj: Body | None) -> Outcome | None:
+    """The ScalingActive an hpa or keda pool had while that same object says nothing new
+    (a conflict KEDA retries); none once the object is gone or is another (a new engine)."""
     c = _condition_of(status or {}, SCALING_ACTIVE)
-    if c is None or c.get("reason") not in (AUTOSCALER_ACTIVE, AUTOSCALER_FAILING):
+    if obj is None or c is None or c.get("reason") not in (AUTOSCALER_ACTIVE, AUTOSCALER_FAILING):
         return None
-    return Outcome(c.get("status") == "True", str(c["reason"]), str(c.get("message", "")))
+    message = str(c.get("message", ""))
+    if not message.startswith(f"{_autoscaler_what(obj)}:"):
+        return None
+    return Outcome(c.get("status") == "True", str(c["reason"]), message)
 
 
 def autoscaler_scaling(obj: Body | None) -> Outcome | None:
@@ -816,8 +825,8 @@ def autoscaler_scaling(obj: Body | None) -> Outcome | None:
     st = obj.get("status") or {}
     meta = obj.get("metadata") or {}
     name, ns = meta.get("name", ""), meta.get("namespace", "")
+    what = _autoscaler_what(obj)
     if obj.get("kind") == "HorizontalPodAutoscaler":
-        what = f"HorizontalPodAutoscaler {name}"
         able, active = _condition_of(st, "AbleToScale"), _condition_of(st, "ScalingActive")
         bad = next((c for c in (able, active) if c and c.get("status") == "False"), None)
         if bad is not None:
@@ -830,7 +839,6 @@ def autoscaler_scaling(obj: Body | None) -> Outcome | None:
         if active is None:
             return None
         return Outcome(True, AUTOSCALER_ACTIVE, f"{what}: {active.get('message', '')}")
-    what = f"ScaledObject {name}"
     ready = _condition_of(st, "Ready")
     if ready is None or (ready.get("status") == "Unknown" and not ready.get("reason")):
         return None
