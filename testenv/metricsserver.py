@@ -16,6 +16,7 @@ blocks every namespace deletion (the namespace controller lists every API).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import socket
 import time
@@ -60,8 +61,6 @@ def aggregated_api(
 ) -> list[dict[str, Any]]:
     """A Service, its EndpointSlice (this host's `host`:`port`; aggregated APIs are reached
     on their endpoint addresses, never loopback) and the APIService of `version`.`group`."""
-    import base64
-
     labels = {"kubernetes.io/service-name": name, "app.kubernetes.io/name": name}
     return [
         {

@@ -167,6 +167,11 @@ class Cache:
         with self.lock:
             return self.children.get(owner_uid, {}).get((kind, namespace, name))
 
+    def cached(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cached version of this child (same controller, kind, namespace and name)."""
+        owner = controller_uid(body)
+        return None if owner is None else self.child(owner, *ident(body))
+
     def put_child(
         self, body: Mapping[str, Any], deleted: bool, *, from_write: bool = False
     ) -> tuple[str | None, bool]:
@@ -179,11 +184,7 @@ class Cache:
         owner = controller_uid(body)
         if owner is None:
             return None, False
-        key = (
-            f"{body.get('apiVersion')}/{body.get('kind')}",
-            meta.get("namespace", ""),
-            meta["name"],
-        )
+        key = ident(body)
         with self.lock:
             owned = self.children.setdefault(owner, {})
             uid = meta.get("uid", "")

@@ -27,7 +27,6 @@ import kopf
 from prometheus_client import REGISTRY, start_http_server
 
 from celery_operator.api.base import GROUP
-from celery_operator.api.conditions import Outcome
 from celery_operator.api.kinds import (
     APP,
     BY_NAME,
@@ -125,7 +124,7 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     """A child changed: repair it when deleted or edited by someone else; else follow its status."""
     deleted = event_type == "DELETED"
     autoscaler = body.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")
-    before = _autoscaler_said(ctx, body) if autoscaler else None
+    before = autoscaler_scaling(ctx.cache.cached(body)) if autoscaler else None
     _, drifted = ctx.cache.put_child(body, deleted)
     ref = controller_ref(body)
     if ref is None or not str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
@@ -142,20 +141,6 @@ def on_child_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:
     elif autoscaler and owner is POOL and autoscaler_scaling(body) != before:
         # The HPA or KEDA started or stopped failing: the pool's ScalingActive says so.
         ctx.queue.add_soon(_status_task(owner), key, CHILD_STATUS_DELAY)
-
-
-def _autoscaler_said(ctx: Context, body: dict[str, Any]) -> Outcome | None:
-    """What the cached version of this HPA or ScaledObject says (autoscaler_scaling)."""
-    ref = controller_ref(body)
-    meta = body["metadata"]
-    if ref is None:
-        return None
-    ident = (
-        f"{body.get('apiVersion')}/{body.get('kind')}",
-        meta.get("namespace", ""),
-        meta["name"],
-    )
-    return autoscaler_scaling(ctx.cache.child(str(ref.get("uid", "")), *ident))
 
 
 def on_pod_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

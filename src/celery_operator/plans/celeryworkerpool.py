@@ -60,7 +60,7 @@ from celery_operator.render import common
 from celery_operator.scaling.decision import Policy
 from celery_operator.scaling.scaler import Target
 from celery_operator.scaling.workers import MonitorTarget, PoolHeartbeats
-from celery_operator.status import AppRef, pool_status
+from celery_operator.status import AppRef, get_condition, pool_status
 from celery_operator.validation import errors, format_problems
 from celery_operator.validation.celeryworkerpool import (
     PoolContext,
@@ -788,10 +788,6 @@ def _scaling(
     return Outcome(True, QUEUE_LENGTH_READ, f"{scaler.queue_length} tasks waiting")
 
 
-def _condition_of(status: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == type_), None)
-
-
 # The apiserver's optimistic-concurrency refusal: whoever got it reads again and retries.
 CONFLICT = "the object has been modified"
 
@@ -804,7 +800,7 @@ def _autoscaler_what(obj: Body) -> str:
 def _kept_autoscaler_scaling(status: Mapping[str, Any] | None, obj: Body | None) -> Outcome | None:
     """The ScalingActive an hpa or keda pool had while that same object says nothing new
     (a conflict KEDA retries); none once the object is gone or is another (a new engine)."""
-    c = _condition_of(status or {}, SCALING_ACTIVE)
+    c = get_condition(status or {}, SCALING_ACTIVE)
     if obj is None or c is None or c.get("reason") not in (AUTOSCALER_ACTIVE, AUTOSCALER_FAILING):
         return None
     message = str(c.get("message", ""))
@@ -827,7 +823,7 @@ def autoscaler_scaling(obj: Body | None) -> Outcome | None:
     name, ns = meta.get("name", ""), meta.get("namespace", "")
     what = _autoscaler_what(obj)
     if obj.get("kind") == "HorizontalPodAutoscaler":
-        able, active = _condition_of(st, "AbleToScale"), _condition_of(st, "ScalingActive")
+        able, active = get_condition(st, "AbleToScale"), get_condition(st, "ScalingActive")
         bad = next((c for c in (able, active) if c and c.get("status") == "False"), None)
         if bad is not None:
             return Outcome(
@@ -839,7 +835,7 @@ def autoscaler_scaling(obj: Body | None) -> Outcome | None:
         if active is None:
             return None
         return Outcome(True, AUTOSCALER_ACTIVE, f"{what}: {active.get('message', '')}")
-    ready = _condition_of(st, "Ready")
+    ready = get_condition(st, "Ready")
     if ready is None or (ready.get("status") == "Unknown" and not ready.get("reason")):
         return None
     if CONFLICT in str(ready.get("message", "")):

@@ -197,17 +197,15 @@ def validate_pool_request(req: Request, lookup: Lookup) -> list[Problem]:
         sibling_queues=siblings,
     )
     problems += validate_pool_binding(pool, ctx)
-    a = pool.spec.autoscaling
-    if a is not None and (a.cpu is not None or a.memory is not None):
-        missing = utilization_without_requests(pool)
-        if missing:  # a LimitRange of the namespace may give them: look only then
-            try:
-                defaulted = lookup.limit_range_defaults(req.namespace)
-            except Exception as e:  # cannot tell: warn rather than refuse what one may fix
-                why = f"the namespace's LimitRanges could not be read ({type(e).__name__})"
-                problems += [Problem(p.path, f"{p.message}; {why}", warning=True) for p in missing]
-            else:
-                problems += utilization_without_requests(pool, defaulted)
+    missing = utilization_without_requests(pool)
+    if missing:  # a LimitRange of the namespace may give them: look only then
+        try:
+            defaulted = lookup.limit_range_defaults(req.namespace)
+        except Exception as e:  # cannot tell: warn rather than refuse what one may fix
+            why = f"the namespace's LimitRanges could not be read ({type(e).__name__})"
+            problems += [Problem(p.path, f"{p.message}; {why}", warning=True) for p in missing]
+        else:
+            problems += utilization_without_requests(pool, defaulted)
     return problems
 
 
