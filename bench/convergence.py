@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import json
 import math
+import os
+import signal
+import statistics
 import subprocess
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
+    ROOT,
     Env,
+    Watcher,
     api_requests,
     control_plane_cpu,
     cpu_delta,
@@ -28,6 +37,7 @@ from bench.harness import (
     operator,
     save,
     summary,
+    thread_cpu,
     wait,
 )
 from celery_operator.api.celeryapp import CeleryApp
@@ -90,8 +100,14 @@ def children(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def create_all(objs: list[dict[str, Any]], concurrency: int) -> None:
+    """Server-side apply under the field manager "bench", as a user's kubectl or GitOps tool
+    would: the operator's own manager entries are then only on what the operator wrote."""
+
+    def one(o: dict[str, Any]) -> dict[str, Any]:
+        return client.apply_object(o, field_manager="bench")
+
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(client.apply_object, objs))
+        list(pool.map(one, objs))
 
 
 def namespaces(env: Env, prefix: str, n: int) -> list[str]:
@@ -100,18 +116,34 @@ def namespaces(env: Env, prefix: str, n: int) -> list[str]:
     return names
 
 
+CR_KINDS = (
+    "celeryapps.celeryproject.org,celeryworkerpools.celeryproject.org,flowers.celeryproject.org"
+)
+
+
 def delete_namespaces(env: Env, names: list[str]) -> None:
-    """Deletes namespaces and waits until they (and so everything in them) are gone."""
+    """Deletes namespaces and waits until they (and so everything in them) are gone.
+
+    The custom resources are deleted by name of kind first, and again while a namespace
+    stays: on this loaded control plane the namespace controller has been seen to report
+    "All content successfully removed" with the custom resources (and so, through their
+    owner references, their children) still there, and to wait without end."""
+
+    def remaining() -> set[str]:
+        return set(names) & {x["metadata"]["name"] for x in client.list_objects("v1", "Namespace")}
+
     for ns in names:
+        env.kubectl("delete", CR_KINDS, "--all", "-n", ns, "--wait=false")
         env.kubectl("delete", "namespace", ns, "--wait=false")
-    wanted = set(names)
-    wait(
-        lambda: (
-            not wanted & {x["metadata"]["name"] for x in client.list_objects("v1", "Namespace")}
-        ),
-        900,
-        every=0.5,
-    )
+    deadline = time.monotonic() + 900
+    while left := remaining():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespaces {sorted(left)} not gone within 900s")
+        with contextlib.suppress(Exception):
+            wait(lambda: not remaining(), 30, every=0.5)
+            return
+        for ns in left:  # stuck: delete the custom resources again
+            env.run("delete", CR_KINDS, "--all", "-n", ns, "--wait=false")
 
 
 def is_ready(obj: dict[str, Any]) -> bool:
@@ -132,19 +164,8 @@ def converged(app: dict[str, Any]) -> bool:
     )
 
 
-def ready_apps(prefix: str) -> int:
-    items = client.list_objects(GROUP, "CeleryApp")
-    return sum(1 for a in items if a["metadata"]["namespace"].startswith(prefix) and converged(a))
-
-
-def ready_deployments(prefix: str) -> int:
-    items = client.list_objects("apps/v1", "Deployment")
-    return sum(
-        1
-        for d in items
-        if d["metadata"]["namespace"].startswith(prefix)
-        and (d.get("status") or {}).get("readyReplicas", 0) >= d["spec"].get("replicas", 1)
-    )
+def deployment_ready(d: dict[str, Any]) -> bool:
+    return (d.get("status") or {}).get("readyReplicas", 0) >= d["spec"].get("replicas", 1)
 
 
 def proc_stats(pid: int) -> tuple[float, float, float]:
@@ -161,36 +182,49 @@ def floor_run(env: Env, n: int, concurrency: int, tag: str) -> tuple[float, dict
     """The children directly, no operator running: (seconds, CPU seconds by process)."""
     ns = namespaces(env, f"floor{tag}", n)
     objs = [c for i in range(n) for c in children(crs(ns[i // PER_NAMESPACE], i))]
+    watch = Watcher("apps/v1", "Deployment", deployment_ready, f"floor{tag}-")
     cpu0 = control_plane_cpu()
     started = time.perf_counter()
     create_all(objs, concurrency)
-    wait(lambda: ready_deployments(f"floor{tag}-") >= 3 * n, 3600, every=0.5)
+    watch.wait_for(3 * n, 3600)
     took = time.perf_counter() - started
     cpu = cpu_delta(cpu0, control_plane_cpu())
+    watch.stop()
     # The floor's objects must be gone (garbage collection is real work for the apiserver
     # and the controller-manager) before the operator's run is timed on the same machine.
     delete_namespaces(env, ns)
     return took, cpu
 
 
-def operator_run(env: Env, n: int, concurrency: int, tag: str, extras: bool) -> dict[str, Any]:
-    """The custom resources, with the operator running, until every app has converged.
-    With `extras`: then 30 s idle, then an update of every pool, measured too."""
+def operator_run(
+    env: Env, n: int, concurrency: int, tag: str, extras: bool, src: str | None, args: list[str]
+) -> dict[str, Any]:
+    """The custom resources, with the operator (from `src`, else this checkout) running,
+    until every app has converged. With `extras`: then 30 s idle, then an update of every
+    pool, measured too."""
     ns = namespaces(env, f"conv{tag}", n)
     objs = [o for i in range(n) for o in crs(ns[i // PER_NAMESPACE], i)]
     out: dict[str, Any] = {}
-    with operator(env, "--workers=16") as proc:
+    with operator(env, "--workers=16", *args, src=src) as proc:
+        watch = Watcher(GROUP, "CeleryApp", converged, f"conv{tag}-")
         cpu0 = control_plane_cpu()
         op0 = cpu_seconds(proc.pid)
+        threads0 = thread_cpu(proc)
         started = time.perf_counter()
         create_all(objs, concurrency)
-        wait(lambda: ready_apps(f"conv{tag}-") >= n, 3600, every=0.5)
+        watch.wait_for(n, 3600)
         out["operator_s"] = time.perf_counter() - started
+        watch.stop()
         out["cpu_s_by_process"] = {
             **cpu_delta(cpu0, control_plane_cpu()),
             "operator": cpu_seconds(proc.pid) - op0,
         }
+        out["operator_cpu_s_by_thread"] = cpu_delta(threads0, thread_cpu(proc))
         out["api_requests_to_converge"] = api_requests(proc)
+        out["rss_mib_converged"] = proc_stats(proc.pid)[0]
+        if os.environ.get("BENCH_HEAP_SIGNAL"):  # a heap census by a hook (docs/performance.md)
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(float(os.environ["BENCH_HEAP_SIGNAL"]))
         if extras:
             out.update(idle_and_update(proc, objs, concurrency, tag))
     delete_namespaces(env, ns)
@@ -212,16 +246,14 @@ def idle_and_update(
     started = time.perf_counter()
     create_all(pools, concurrency)
 
-    def rolled() -> bool:
-        items = client.list_objects(GROUP, "CeleryWorkerPool")
-        mine = [p for p in items if p["metadata"]["namespace"].startswith(f"conv{tag}-")]
-        return all(
-            (p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
-            and is_ready(p)
-            for p in mine
-        )
+    def rolled(p: dict[str, Any]) -> bool:
+        return (p.get("status") or {}).get("observedGeneration") == p["metadata"][
+            "generation"
+        ] and is_ready(p)
 
-    wait(rolled, 3600, every=0.5)
+    watch = Watcher(GROUP, "CeleryWorkerPool", rolled, f"conv{tag}-")
+    watch.wait_for(len(pools), 3600)
+    watch.stop()
     update = time.perf_counter() - started
     rss_update, rss_peak, cpu_u1 = proc_stats(proc.pid)
     return {
@@ -235,52 +267,153 @@ def idle_and_update(
     }
 
 
-def run_one(env: Env, n: int, concurrency: int, trials: int) -> dict[str, Any]:
-    """`trials` pairs of (floor, operator) runs, interleaved so that both see the same
-    machine; the last operator run also measures idle and an update of every pool."""
-    pairs = []
+def run_one(
+    env: Env,
+    n: int,
+    concurrency: int,
+    trials: int,
+    before: str | None = None,
+    extras: bool = True,
+    args: list[str] | None = None,
+    with_floor: bool = True,
+) -> dict[str, Any]:
+    """`trials` rounds of (floor, operator) runs, or (floor, before, operator) with a
+    `before` source, interleaved so that all see the same machine; the last operator run
+    also measures idle and an update of every pool (with `extras`). Without `with_floor`:
+    the operator alone (its memory and requests at a size whose floor is not needed)."""
+    rounds = []
     for t in range(trials):
-        floor, floor_cpu = floor_run(env, n, concurrency, f"{n}t{t}")
-        ours = operator_run(env, n, concurrency, f"{n}t{t}", extras=t == trials - 1)
-        pairs.append({"floor_s": floor, "floor_cpu_s_by_process": floor_cpu, **ours})
+        row: dict[str, Any] = {"floor_s": None, "floor_cpu_s_by_process": {}}
+        if with_floor:
+            floor, floor_cpu = floor_run(env, n, concurrency, f"{n}t{t}")
+            row = {"floor_s": floor, "floor_cpu_s_by_process": floor_cpu}
+        if before:
+            row["before"] = operator_run(
+                env, n, concurrency, f"{n}b{t}", False, before, list(args or [])
+            )
+        last = extras and t == trials - 1
+        ours = operator_run(env, n, concurrency, f"{n}t{t}", last, None, list(args or []))
+        row.update(ours)
+        rounds.append(row)
+        told = f", before {row['before']['operator_s']:.1f} s" if before else ""
+        floor_s = f"{row['floor_s']:.1f} s" if with_floor else "not run"
         print(
-            f"N={n} trial {t + 1}/{trials}: floor {floor:.1f} s, operator {ours['operator_s']:.1f} s",
+            f"N={n} trial {t + 1}/{trials}: floor {floor_s}{told}, "
+            f"operator {ours['operator_s']:.1f} s",
             flush=True,
         )
-    last = pairs[-1]
-    return {
+    out: dict[str, Any] = {
         "apps": n,
         "custom_resources": 4 * n,
         "children": 6 * n,
         "trials": trials,
-        "floor": summary([p["floor_s"] for p in pairs]),
-        "operator": summary([p["operator_s"] for p in pairs]),
-        "ratio": summary([p["operator_s"] / p["floor_s"] for p in pairs]),
-        **{k: v for k, v in last.items() if k not in ("floor_s", "operator_s")},
-        "per_trial": [{"floor_s": p["floor_s"], "operator_s": p["operator_s"]} for p in pairs],
+        "floor": summary([r["floor_s"] for r in rounds]) if with_floor else None,
+        **variant(rounds, lambda r: r),
+        "per_trial": [
+            {k: v for k, v in r.items() if k in ("floor_s", "operator_s")}
+            | ({"before_s": r["before"]["operator_s"]} if before else {})
+            for r in rounds
+        ],
+    }
+    if before:
+        out["before"] = variant(rounds, lambda r: r["before"])
+    return out
+
+
+def variant(rounds: list[dict[str, Any]], pick: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """One operator variant over the trials: medians of time, ratio, CPU, requests, RSS;
+    the per-process and per-thread CPU of its last trial."""
+    runs = [pick(r) for r in rounds]
+    keys = sorted({k for x in runs for k in x["api_requests_to_converge"]})
+    last = runs[-1]
+    return {
+        "operator": summary([x["operator_s"] for x in runs]),
+        "ratio": (
+            summary([x["operator_s"] / r["floor_s"] for x, r in zip(runs, rounds, strict=True)])
+            if all(r["floor_s"] for r in rounds)
+            else None
+        ),
+        "operator_cpu_s": summary([x["cpu_s_by_process"]["operator"] for x in runs]),
+        "rss_mib_converged": summary([x["rss_mib_converged"] for x in runs]),
+        "api_requests_median": {
+            k: statistics.median(x["api_requests_to_converge"].get(k, 0.0) for x in runs)
+            for k in keys
+        },
+        **{
+            k: v
+            for k, v in last.items()
+            if k not in ("floor_s", "operator_s", "before", "rss_mib_converged")
+        },
+        "floor_cpu_s_by_process": rounds[-1]["floor_cpu_s_by_process"],
     }
 
 
-def run(apps: list[int], concurrency: int, trials: dict[int, int]) -> dict[str, Any]:
+def run(
+    apps: list[int],
+    concurrency: int,
+    trials: dict[int, int],
+    before: str | None = None,
+    before_label: str = "",
+    extras: bool = True,
+    args: list[str] | None = None,
+    operator_only: tuple[int, ...] = (),
+) -> dict[str, Any]:
     results = []
     with environment() as env:
         client.configure(str(env.kubeconfig), pool_size=max(32, concurrency * 2))
         for n in apps:
-            r = run_one(env, n, concurrency, trials.get(n, 1))
-            print(r, flush=True)
+            alone = n in operator_only
+            r = run_one(
+                env,
+                n,
+                concurrency,
+                trials.get(n, 1),
+                None if alone else before,
+                extras,
+                args,
+                with_floor=not alone,
+            )
+            print(json.dumps(r), flush=True)
             results.append(r)
+    opts = (
+        (f" --before {before_label or before}" if before else "")
+        + ("" if extras else " --no-extras")
+        + "".join(f" --operator-only {n}" for n in operator_only)
+    )
     data = {
         "benchmark": "convergence: N apps with a Flower and two pools each -> all Ready",
         "machine": machine(),
         "concurrency": concurrency,
+        "before": before_label or before,
+        "operator_args": list(args or []),
         "results": results,
         "command": (
             f"python -m bench.convergence --apps {' '.join(map(str, apps))} "
             f"--trials {' '.join(str(trials.get(n, 1)) for n in apps)} --concurrency {concurrency}"
+            + opts
         ),
     }
     save("convergence", data)
     return data
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[str]:
+    """The src/ of commit `rev` of this repository, in a temporary git worktree."""
+    path = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield str(path / "src")
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
+            check=False,
+            capture_output=True,
+        )
 
 
 def main() -> None:
@@ -294,12 +427,280 @@ def main() -> None:
         default=[3],
         help="runs of each N, one number for all or one per N (e.g. 3 3 1)",
     )
+    p.add_argument(
+        "--before",
+        default="",
+        help="a commit of this repository: its operator runs too, in every trial, against the same floor",
+    )
+    p.add_argument("--no-extras", action="store_true", help="skip the idle and update phases")
+    p.add_argument(
+        "--operator-only",
+        type=int,
+        action="append",
+        default=[],
+        help="an --apps value run without floor (and without before): memory and requests",
+    )
+    p.add_argument(
+        "--operator-arg",
+        action="append",
+        default=[],
+        help="an extra flag for the operator (both variants), e.g. --operator-arg=--no-leader-elect",
+    )
     a = p.parse_args()
     trials = a.trials * len(a.apps) if len(a.trials) == 1 else a.trials
     if len(trials) != len(a.apps):
         p.error("--trials takes one number, or one per --apps value")
-    run(a.apps, a.concurrency, dict(zip(a.apps, trials, strict=True)))
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(checkout(a.before)) if a.before else None
+        run(
+            a.apps,
+            a.concurrency,
+            dict(zip(a.apps, trials, strict=True)),
+            src,
+            a.before,
+            not a.no_extras,
+            a.operator_arg,
+            tuple(a.operator_only),
+        )
 
 
 if __name__ == "__main__":
     main()
+
+
+SECTION = "## Convergence, memory and CPU"
+CHILD_RESOURCES = (
+    "deployments",
+    "services",
+    "poddisruptionbudgets",
+    "horizontalpodautoscalers",
+    "ingresses",
+    "scaledobjects",
+    "triggerauthentications",
+    "secrets",
+)
+
+
+def per_app_set(reqs: dict[str, float], n: int) -> dict[str, float]:
+    """The requests that follow the apps, per app-set (the informers' LISTs, one per
+    watched kind at start, are in the GETs: a few in thousands); and those that follow the
+    run's length or nothing (Events, the Lease, namespaces, watches), in total."""
+
+    def total(pred: Any) -> float:
+        return sum(v for k, v in reqs.items() if pred(*k.split(" ", 1)))
+
+    def child(r: str) -> bool:
+        return r in CHILD_RESOURCES
+
+    return {
+        "apply": total(lambda m, r: m == "PATCH" and child(r)) / n,
+        "get": total(lambda m, r: m == "GET" and child(r)) / n,
+        "delete": total(lambda m, r: m == "DELETE" and child(r)) / n,
+        "status": total(lambda m, r: r.endswith("/status")) / n,
+        "pods": total(lambda m, r: r == "pods" and m != "WATCH") / n,
+        "events": total(lambda m, r: r == "events"),
+        "lease": total(lambda m, r: r == "leases"),
+        "watch": total(lambda m, r: m == "WATCH"),
+    }
+
+
+def _requests_row(label: str, n: int, reqs: dict[str, float]) -> str:
+    p = per_app_set(reqs, n)
+    app_set = p["apply"] + p["get"] + p["delete"] + p["status"] + p["pods"]
+    return (
+        f"| {n} | {label} | {p['apply']:.2f} | {p['get']:.2f} | {p['status']:.2f} | "
+        f"**{app_set:.2f}** | {p['events']:.0f} | {p['lease']:.0f} | {p['watch']:.0f} |"
+    )
+
+
+def rss_growth(points: list[tuple[int, float]]) -> str:
+    """RSS = a + b*N by least squares over the sizes run, and how far each size is from
+    that line: is the growth linear, and how much does an app-set cost."""
+    if len(points) < 2:
+        return ""
+    xs, ys = [float(n) for n, _ in points], [y for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    a = my - b * mx
+    off = ", ".join(f"N={n}: {y - (a + b * n):+.1f} MiB" for n, y in points)
+    return (
+        f"RSS once converged: {a:.0f} MiB + {b * 1024:.1f} KiB per app-set (least squares over "
+        f"N={', '.join(str(n) for n, _ in points)}; each size off that line by {off})."
+    )
+
+
+def section(r: dict[str, Any], before: dict[str, Any] | None = None) -> list[str]:
+    """The section of docs/benchmarks.md; `before`: a run of the same benchmark with the
+    operator of an earlier commit (--before in the same run, or a separate run)."""
+    prior: dict[int, dict[str, Any]] = {}
+    label = r.get("before") or ""
+    for x in r["results"]:
+        if "before" in x:
+            prior[x["apps"]] = {**x["before"], "floor": x["floor"], "own_floor": False}
+    if before is not None:
+        label = before.get("before") or before.get("label") or "before"
+        for x in before["results"]:
+            prior[x["apps"]] = {**x, "own_floor": True}
+    lines = [
+        SECTION,
+        "",
+        "N CeleryApps, each with a Flower and two worker pools (4N custom resources, 6N",
+        "children, 3N pods on kwok), created with "
+        f"{r['concurrency']} concurrent clients (server-side apply, field manager `bench`),",
+        "until every app is Ready with both pools and its Flower ready (seen through a watch).",
+        "Floor: the same children, rendered by the same builders, created directly with the",
+        "same concurrency, until every Deployment is ready. Runs alternate and each starts once",
+        "the previous run's namespaces are gone. Times are medians over the trials, with min-max.",
+        "",
+    ]
+    if prior:
+        lines += [
+            f"Before: the operator at `{label}`, measured in the same session against its own",
+            "floors ("
+            + (
+                "the same trials"
+                if not any(p["own_floor"] for p in prior.values())
+                else "a run of its own just before"
+            )
+            + ").",
+            "",
+        ]
+    lines += [
+        "| apps | trials | operator | floor | ratio | operator CPU | RSS converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(n: int, name: str, x: dict[str, Any]) -> str:
+        o, f, q = x["operator"], x["floor"], x["ratio"]
+        cpu, rss = x.get("operator_cpu_s"), x.get("rss_mib_converged")
+        floor = f"{f['median']:.1f} s ({f['min']:.1f}-{f['max']:.1f})" if f else "not run"
+        ratio = f"**{q['median']:.2f}x** ({q['min']:.2f}-{q['max']:.2f})" if q else "-"
+        return (
+            f"| {n} | {x.get('trials', o['n'])} {name} | "
+            f"{o['median']:.1f} s ({o['min']:.1f}-{o['max']:.1f}) | {floor} | {ratio} | "
+            + (f"{cpu['median']:.1f} s |" if cpu else "- |")
+            + (f" {rss['median']:.0f} MiB |" if rss else " - |")
+        )
+
+    for x in r["results"]:
+        n = x["apps"]
+        if n in prior:
+            lines.append(row(n, "before", prior[n]))
+        lines.append(row(n, "after" if prior else "", x))
+    growth = rss_growth([(x["apps"], x["rss_mib_converged"]["median"]) for x in r["results"]])
+    if growth:
+        lines += ["", growth]
+    lines += [
+        "",
+        "The operator's API requests until convergence (medians over the trials). Per app-set:",
+        "server-side applies of children, GETs of child kinds (the guards before a create,",
+        "and one LIST per watched kind at start), status writes, pod writes; per run (they",
+        "follow the run's length, not N): Events posted (at most 10/s after a burst of 50),",
+        "the Lease (GET + PUT every 2 s), watches.",
+        "",
+        "| apps | operator | applies | GETs | status writes | **per app-set** | Events | Lease | watches |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["results"]:
+        n = x["apps"]
+        if n in prior:
+            lines.append(
+                _requests_row(
+                    "before",
+                    n,
+                    prior[n].get("api_requests_median") or prior[n]["api_requests_to_converge"],
+                )
+            )
+        lines.append(
+            _requests_row(
+                "after" if prior else "",
+                n,
+                x.get("api_requests_median") or x["api_requests_to_converge"],
+            )
+        )
+    threads = [(x["apps"], x.get("operator_cpu_s_by_thread") or {}) for x in r["results"]]
+    if any(t for _, t in threads):
+        lines += [
+            "",
+            "Where the operator's CPU went until convergence (last trial, CPU seconds by thread;",
+            "`celery_operator_thread_cpu_seconds_total`): the event loop (`MainThread`), the",
+            "reconciles, the informers (`watch-*`), the Event poster, the Lease, the broker",
+            "monitor (busy-worker protection and LoadObserved), the metrics-only scaler, the",
+            "Secret poller.",
+            "",
+            "| apps | loop | reconciles | informers | Events | Lease | broker monitor | scaler | Secret poller | other |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n, t in threads:
+
+            def g(*names: str, t: dict[str, float] = t) -> float:
+                return sum(v for k, v in t.items() if k in names)
+
+            watch = sum(v for k, v in t.items() if k.startswith("watch-"))
+            named = (
+                g(
+                    "MainThread",
+                    "reconcile",
+                    "events",
+                    "lease",
+                    "broker-monitor",
+                    "scaler",
+                    "secret-poller",
+                )
+                + watch
+            )
+            lines.append(
+                f"| {n} | {g('MainThread'):.1f} | {g('reconcile'):.1f} | {watch:.1f} | {g('events'):.1f} | "
+                f"{g('lease'):.2f} | {g('broker-monitor'):.1f} | {g('scaler'):.1f} | {g('secret-poller'):.2f} | "
+                f"{sum(t.values()) - named:.1f} |"
+            )
+    extras = [x for x in r["results"] if "rss_mib_idle" in x]
+    if extras:
+        lines += [
+            "",
+            "The operator process while it manages the N apps (last trial): idle over 30 s, then",
+            "while every pool's spec changes (each worker Deployment rolls) until every pool is",
+            "Ready on its new generation. Peak RSS is the process's high-water mark over the run.",
+            "",
+            "| apps | RSS converged | RSS idle | RSS peak | CPU idle | update all pools | CPU for update |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for x in extras:
+            lines.append(
+                f"| {x['apps']} | {x['rss_mib_after_converge']:.0f} MiB | {x['rss_mib_idle']:.0f} MiB | "
+                f"{x['rss_mib_peak']:.0f} MiB | {x['cpu_cores_idle']:.3f} cores | "
+                f"{x['update_all_pools_s']:.1f} s | {x['cpu_s_update']:.1f} s |"
+            )
+    lines += [
+        "",
+        "Where the machine's CPU went (last trial, CPU seconds; the machine has "
+        f"{os.cpu_count()} cores and is busy throughout every run, so time follows total work):",
+        "",
+        "| apps | run | kube-apiserver | etcd | controller-manager | scheduler + kwok | operator | all |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cpu_row(n: int, name: str, cpu: dict[str, float]) -> str:
+        return (
+            f"| {n} | {name} | {cpu.get('kube-apiserver', 0):.1f} | {cpu.get('etcd', 0):.1f} | "
+            f"{cpu.get('kube-controller-manager', 0):.1f} | "
+            f"{cpu.get('kube-scheduler', 0) + cpu.get('kwok', 0):.1f} | {cpu.get('operator', 0):.1f} | "
+            f"{sum(cpu.values()):.1f} |"
+        )
+
+    for x in r["results"]:
+        n = x["apps"]
+        if n in prior:
+            p = prior[n]
+            if p["own_floor"]:
+                lines.append(cpu_row(n, "floor (before's run)", p["floor_cpu_s_by_process"]))
+            lines.append(cpu_row(n, "operator before", p["cpu_s_by_process"]))
+        if x["floor_cpu_s_by_process"]:
+            lines.append(cpu_row(n, "floor", x["floor_cpu_s_by_process"]))
+        lines.append(cpu_row(n, "operator" + (" after" if prior else ""), x["cpu_s_by_process"]))
+    lines += ["", f"Reproduce: `{r['command']}`"]
+    if before is not None:
+        lines.append(f"Before: `{before['command']}` with the operator of `{label}`")
+    return [*lines, ""]

@@ -60,16 +60,79 @@ def wait(check: Callable[[], object], timeout: float, every: float = 0.01) -> fl
         time.sleep(every)
 
 
-def other_source() -> dict[str, str]:
-    """$BENCH_OPERATOR_SRC: run the operator from another checkout's src/ (a before/after
-    comparison on one machine: `git worktree add /tmp/before HEAD~3`)."""
-    src = os.environ.get("BENCH_OPERATOR_SRC")
+def other_source(src: str | None = None) -> dict[str, str]:
+    """`src`, else $BENCH_OPERATOR_SRC: run the operator from another checkout's src/ (a
+    before/after comparison on one machine: `git worktree add /tmp/before HEAD~3`)."""
+    src = src or os.environ.get("BENCH_OPERATOR_SRC")
     return {"PYTHONPATH": src} if src else {}
 
 
+class Watcher:
+    """Counts the objects of a kind that satisfy `done`, from a LIST and then a WATCH in a
+    thread (re-listing when the watch ends or breaks), so that a benchmark waits on events
+    instead of LISTing thousands of objects twice a second on the machine it measures."""
+
+    def __init__(
+        self, api_version: str, kind: str, done: Callable[[dict[str, Any]], bool], prefix: str
+    ) -> None:
+        import threading
+
+        self.api_version, self.kind, self.done, self.prefix = api_version, kind, done, prefix
+        self.ok: set[tuple[str, str]] = set()
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name=f"bench-watch-{kind}", daemon=True)
+        self.thread.start()
+
+    def _see(self, obj: dict[str, Any], deleted: bool = False) -> None:
+        meta = obj.get("metadata") or {}
+        if not meta.get("namespace", "").startswith(self.prefix):
+            return
+        key = (meta["namespace"], meta["name"])
+        with self.cond:
+            if not deleted and self.done(obj):
+                self.ok.add(key)
+            else:
+                self.ok.discard(key)
+            self.cond.notify_all()
+
+    def _run(self) -> None:
+        from celery_operator.k8s import client
+
+        while not self.stopped:
+            try:
+                items, rv = client.list_with_version(self.api_version, self.kind)
+                with self.cond:
+                    self.ok.clear()
+                for o in items:
+                    self._see(o)
+                for ev in client.watch_events(self.api_version, self.kind, rv, 60):
+                    if self.stopped:
+                        return
+                    if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._see(ev["object"], ev["type"] == "DELETED")
+                    elif ev.get("type") == "ERROR":
+                        break  # expired: list again
+            except Exception:  # a broken watch: list again
+                time.sleep(0.2)
+
+    def wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while len(self.ok) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{len(self.ok)}/{n} {self.kind} done within {timeout}s")
+                self.cond.wait(min(left, 1.0))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
 @contextlib.contextmanager
-def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """The operator as a subprocess with the admin kubeconfig (RBAC is tested elsewhere)."""
+def operator(env: Env, *args: str, src: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator as a subprocess with the admin kubeconfig (RBAC is tested elsewhere);
+    from the src/ of another checkout when `src` is given."""
     import socket
 
     def free() -> int:
@@ -95,7 +158,7 @@ def operator(env: Env, *args: str) -> Iterator[subprocess.Popen[bytes]]:
             ],
             stdout=fh,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(env.kubeconfig), **other_source()},
+            env={**os.environ, "KUBECONFIG": str(env.kubeconfig), **other_source(src)},
         )
     try:
 
@@ -192,3 +255,15 @@ def api_requests(proc: subprocess.Popen[bytes]) -> dict[str, float]:
         key = f"{m.group(1)} {m.group(2)}"
         out[key] = out.get(key, 0.0) + float(m.group(3))
     return out
+
+
+def thread_cpu(proc: subprocess.Popen[bytes]) -> dict[str, float]:
+    """The operator's CPU seconds by thread group so far (its
+    `celery_operator_thread_cpu_seconds_total`; empty for an operator without it)."""
+    import re
+
+    port = proc.metrics_port  # type: ignore[attr-defined]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    pat = r'^celery_operator_thread_cpu_seconds_total\{thread="([^"]+)"\} ([0-9.e+]+)$'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pat, text, re.M)}

@@ -6,8 +6,11 @@ the same run on the same machine, and the exact command that reproduces it."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from bench import (
@@ -60,67 +63,7 @@ def render(results: dict[str, dict[str, Any]]) -> str:
     if "keda" in results:
         lines += keda_vs_builtin.section(results["keda"])
     if "convergence" in results:
-        r = results["convergence"]
-        lines += [
-            "## Convergence, memory and CPU",
-            "",
-            "N CeleryApps, each with a Flower and two worker pools (4N custom resources, 6N",
-            "children, 3N pods on kwok), created with "
-            f"{r['concurrency']} concurrent clients, until every app is Ready with both pools and",
-            "its Flower ready. Floor: the same children, rendered by the same builders, created",
-            "directly with the same concurrency, until every Deployment is ready. Floor and",
-            "operator runs alternate, each starting once the previous run's namespaces are gone.",
-            "Times are medians over the trials, with min-max.",
-            "",
-            "| apps | trials | operator | floor | ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for x in r["results"]:
-            o, f, q = x["operator"], x["floor"], x["ratio"]
-            lines.append(
-                f"| {x['apps']} | {x['trials']} | {o['median']:.1f} s ({o['min']:.1f}-{o['max']:.1f}) | "
-                f"{f['median']:.1f} s ({f['min']:.1f}-{f['max']:.1f}) | "
-                f"{q['median']:.2f}x ({q['min']:.2f}-{q['max']:.2f}) |"
-            )
-        lines += [
-            "",
-            "The operator process while it manages the N apps (last trial): idle over 30 s, then",
-            "while every pool's spec changes (each worker Deployment rolls) until every pool is",
-            "Ready on its new generation. Peak RSS is the process's high-water mark over the run.",
-            "",
-            "| apps | RSS converged | RSS idle | RSS peak | CPU idle | update all pools | CPU for update |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for x in r["results"]:
-            lines.append(
-                f"| {x['apps']} | {x['rss_mib_after_converge']:.0f} MiB | {x['rss_mib_idle']:.0f} MiB | "
-                f"{x['rss_mib_peak']:.0f} MiB | {x['cpu_cores_idle']:.3f} cores | "
-                f"{x['update_all_pools_s']:.1f} s | {x['cpu_s_update']:.1f} s |"
-            )
-        lines += [
-            "",
-            "Where the machine's CPU went (last trial, CPU seconds; the machine has "
-            f"{os.cpu_count()} cores and is busy throughout both runs, so time follows total work):",
-            "",
-            "| apps | run | kube-apiserver | etcd | controller-manager | scheduler + kwok | operator | all | operator's API requests |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for x in r["results"]:
-            for run_name, cpu, reqs in (
-                ("floor", x["floor_cpu_s_by_process"], None),
-                ("operator", x["cpu_s_by_process"], x["api_requests_to_converge"]),
-            ):
-                total_reqs = "" if reqs is None else f"{sum(reqs.values()):.0f}"
-                if reqs:
-                    status = sum(v for k, v in reqs.items() if k.endswith("/status"))
-                    total_reqs += f" ({status:.0f} status writes)"
-                lines.append(
-                    f"| {x['apps']} | {run_name} | {cpu.get('kube-apiserver', 0):.1f} | {cpu.get('etcd', 0):.1f} | "
-                    f"{cpu.get('kube-controller-manager', 0):.1f} | "
-                    f"{cpu.get('kube-scheduler', 0) + cpu.get('kwok', 0):.1f} | {cpu.get('operator', 0):.1f} | "
-                    f"{sum(cpu.values()):.1f} | {total_reqs} |"
-                )
-        lines += ["", f"Reproduce: `{r['command']}`", ""]
+        lines += convergence.section(results["convergence"], results.get("convergence_before"))
     if "webhook" in results:
         r = results["webhook"]
         lines += [
@@ -229,6 +172,46 @@ def render_failover(r: dict[str, Any]) -> list[str]:
     ]
 
 
+SECTIONS = ("scaler", "keda", "drift", "webhook", "busy", "failover", "convergence")
+
+
+def splice(old: str, new: str, ran: list[str]) -> str:
+    """`old` (docs/benchmarks.md) with the sections that `new` holds put in place of
+    theirs (by heading), the others kept, and a header line that says which were run when."""
+
+    def sections(text: str) -> tuple[list[str], dict[str, str], list[str]]:
+        head, order, body = [], [], {}
+        current: str | None = None
+        for line in text.splitlines(keepends=True):
+            if line.startswith("## "):
+                current = line.strip()
+                order.append(current)
+                body[current] = ""
+            if current is None:
+                head.append(line)
+            else:
+                body[current] += line
+        return head, body, order
+
+    old_head, old_body, order = sections(old)
+    _, new_body, new_order = sections(new)
+    for h in new_order:
+        if h not in old_body:
+            order.append(h)
+    body = {**old_body, **new_body}
+    when = dt.date.today().isoformat()
+    head = [
+        (
+            ln.rstrip("\n") + f" Regenerated on {when} by `make bench` with "
+            f'BENCH_ONLY="{" ".join(ran)}": {", ".join(h[3:] for h in new_order)}.\n'
+        )
+        if ln.startswith("Generated by")
+        else ln
+        for ln in old_head
+    ]
+    return "".join(head) + "".join(body[h] for h in order)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--trials", type=int, default=15)
@@ -236,14 +219,32 @@ def main() -> None:
         "--apps",
         type=int,
         nargs="+",
-        default=[int(x) for x in os.environ.get("BENCH_APPS", "100 300 1000").split()],
+        default=[int(x) for x in os.environ.get("BENCH_APPS", "100 300 1000 3000").split()],
     )
     p.add_argument(
         "--convergence-trials",
         type=int,
         nargs="+",
-        default=[int(x) for x in os.environ.get("BENCH_TRIALS", "3 3 1").split()],
-        help="trials of each --apps value (N=1000 takes ~15 minutes a trial here)",
+        default=[int(x) for x in os.environ.get("BENCH_TRIALS", "3 3 3 1").split()],
+        help="trials of each --apps value (N=1000 takes about 10 minutes a trial here)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=os.environ.get("BENCH_ONLY", "").split() or list(SECTIONS),
+        help="run only these benchmarks and put their sections into the existing page",
+    )
+    p.add_argument(
+        "--before",
+        default=os.environ.get("BENCH_BEFORE", ""),
+        help="a commit: its operator runs too in every convergence trial, against the same floor",
+    )
+    p.add_argument(
+        "--before-results",
+        default=os.environ.get("BENCH_BEFORE_RESULTS", ""),
+        help="a convergence results file (bench/results/convergence.json of a run with "
+        "BENCH_OPERATOR_SRC=<another checkout>/src) shown as the before",
     )
     a = p.parse_args()
     conv_trials = a.convergence_trials
@@ -251,17 +252,40 @@ def main() -> None:
         conv_trials = conv_trials * len(a.apps)
     if len(conv_trials) != len(a.apps):
         p.error("--convergence-trials takes one number, or one per --apps value")
-    results = {
-        "scaler": scaler_reaction.run(a.trials, 1.0),
-        "keda": keda_vs_builtin.run(60.0),
-        "drift": drift_status.run(a.trials),
-        "webhook": webhook_latency.run(400),
-        "busy": busy_workers.run(100, 120.0),
-        "failover": failover.run(5, 50),
-        "convergence": convergence.run(a.apps, 16, dict(zip(a.apps, conv_trials, strict=True))),
+    runs = {
+        "scaler": lambda: scaler_reaction.run(a.trials, 1.0),
+        "keda": lambda: keda_vs_builtin.run(60.0),
+        "drift": lambda: drift_status.run(a.trials),
+        "webhook": lambda: webhook_latency.run(400),
+        "busy": lambda: busy_workers.run(100, 120.0),
+        "failover": lambda: failover.run(5, 50),
+        "convergence": lambda: run_convergence(a.apps, conv_trials, a.before),
     }
-    (ROOT / "docs" / "benchmarks.md").write_text(render(results))
-    print(render(results))
+    results: dict[str, Any] = {name: runs[name]() for name in SECTIONS if name in a.only}
+    if a.before_results and "convergence" in results:
+        results["convergence_before"] = json.loads(Path(a.before_results).read_text())
+    page = ROOT / "docs" / "benchmarks.md"
+    text = render(results)
+    if set(a.only) != set(SECTIONS) and page.exists():
+        text = splice(page.read_text(), text, a.only)
+    page.write_text(text)
+    print(text)
+
+
+def run_convergence(apps: list[int], trials: list[int], before: str) -> dict[str, Any]:
+    """The convergence benchmark; the sizes in $BENCH_OPERATOR_ONLY (default 3000) without
+    floor: their memory and requests, not a ratio."""
+    alone = tuple(int(x) for x in os.environ.get("BENCH_OPERATOR_ONLY", "3000").split())
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(convergence.checkout(before)) if before else None
+        return convergence.run(
+            apps,
+            16,
+            dict(zip(apps, trials, strict=True)),
+            src,
+            before,
+            operator_only=alone,
+        )
 
 
 if __name__ == "__main__":
