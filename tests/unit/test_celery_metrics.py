@@ -170,3 +170,36 @@ def test_a_deleted_pool_takes_its_series_with_it() -> None:
     assert not [
         k for k in got if dict(k[1]).get("pool") == "emails" or dict(k[1]).get("name") == "emails"
     ]
+
+
+def test_thread_groups_drop_the_pool_numbers() -> None:
+    from celery_operator.controllers.metrics import thread_group
+
+    assert thread_group("reconcile_12") == "reconcile"
+    assert thread_group("scaler_0") == "scaler"
+    assert thread_group("watch-deployments") == "watch-deployments"
+    assert thread_group("MainThread") == "MainThread"
+    assert thread_group("Thread-3 (serve_forever)") == "other"
+    assert thread_group("broker_monitor") == "broker_monitor"
+
+
+def test_thread_cpu_is_read_for_the_live_threads() -> None:
+    import threading
+
+    from celery_operator.controllers.metrics import ThreadCpuCollector
+
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: (sum(range(3_000_000)), stop.wait()), name="busy_0")
+    worker.start()
+    try:
+        for _ in range(200):  # the sum takes a few tens of milliseconds of CPU
+            family = next(iter(ThreadCpuCollector().collect()))
+            groups = {s.labels["thread"]: s.value for s in family.samples}
+            if groups.get("busy", 0) > 0:
+                break
+            stop.wait(0.05)
+        assert "MainThread" in groups
+        assert groups["busy"] > 0
+    finally:
+        stop.set()
+        worker.join()

@@ -46,7 +46,7 @@ from celery_operator.controllers.cache import Cache
 from celery_operator.controllers.context import CHILD_STATUS_DELAY, WORKERS_DELAY, Context
 from celery_operator.controllers.health import Health
 from celery_operator.controllers.leader import IS_LEADER, ElectionConfig, LeaderElector
-from celery_operator.controllers.metrics import CeleryCollector
+from celery_operator.controllers.metrics import CeleryCollector, ThreadCpuCollector
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s.events import EventRecorder
@@ -334,6 +334,7 @@ def run(config: OperatorConfig) -> None:
     client.configure()
     me = config.election.identity if config.election else f"{socket.gethostname()}/{os.getpid()}"
     client.set_user_agent(f"celery-operator/{version('celery-operator')} ({me})")
+    REGISTRY.register(ThreadCpuCollector())
     start_http_server(config.metrics_port, addr=config.bind_address)
     elector = None if config.election is None else LeaderElector(config.election)
     health = Health(describe=lambda: _who_leads(elector))
