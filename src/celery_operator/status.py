@@ -536,6 +536,22 @@ def app_status(
     }
 
 
+def minor_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing `new` over `old` changes only what may wait a moment (counts,
+    messages, the workers' figures): no condition appears or changes status or reason,
+    and observedGeneration stays (what `kubectl wait` and rollout tools wait for)."""
+    old = old or {}
+    if "observedGeneration" in new and new["observedGeneration"] != old.get("observedGeneration"):
+        return False
+    before = {
+        c.get("type"): (c.get("status"), c.get("reason")) for c in old.get("conditions") or []
+    }
+    return all(
+        before.get(c.get("type")) == (c.get("status"), c.get("reason"))
+        for c in new.get("conditions") or []
+    )
+
+
 def status_changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether patching `new` over `old` changes anything (ignores key order)."""
     old = old or {}

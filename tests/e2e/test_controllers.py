@@ -287,6 +287,58 @@ def test_a_name_taken_by_a_hand_made_object_is_never_taken_over(
     assert "celery-operator" not in managers, managers
 
 
+def test_a_hand_copy_of_a_child_is_not_adopted(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    """The operator creates children without reading them first (a non-forced apply): a
+    name taken by an object that differs is refused by the apiserver, but a hand copy that
+    holds every value the operator sets would be taken in silently. It is not: the copy,
+    made before the pool, gets our fields back off and the pool says ChildConflict."""
+    cluster.apply([secret(namespace), app(namespace), pool(namespace)])
+    wait_ready(cluster, "celeryworkerpool", "default", namespace)
+    pdb = cluster.get("pdb", "shop-default", namespace)
+    cluster.kubectl("delete", "celeryworkerpool", "default", "-n", namespace, "--wait=true")
+    wait_for(
+        "the pool's children to be garbage-collected",
+        lambda: (
+            not cluster.exists("pdb", "shop-default", namespace)
+            and not cluster.exists("deployment", "shop-default", namespace)
+        ),
+    )
+    copy = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            k: v
+            for k, v in pdb["metadata"].items()
+            if k in ("name", "namespace", "labels", "annotations")
+        },
+        "spec": pdb["spec"],
+    }
+    cluster.apply(copy)
+    made = cluster.get("pdb", "shop-default", namespace)["metadata"]["creationTimestamp"]
+    # creationTimestamps have one-second steps: the pool comes strictly after the copy.
+    wait_for("the next second", lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) > made)
+    cluster.apply(pool(namespace))
+    status = wait_for(
+        "the pool to report the conflict",
+        lambda: (
+            s
+            if (s := cluster.get("celeryworkerpool", "default", namespace).get("status"))
+            and (condition({"status": s}, "Ready") or {}).get("reason") == "ChildConflict"
+            else None
+        ),
+    )
+    ready = condition({"status": status}, "Ready")
+    assert "PodDisruptionBudget" in ready["message"], ready
+    assert "rename or delete it" in ready["message"], ready
+    live = cluster.get("pdb", "shop-default", namespace)
+    assert not live["metadata"].get("ownerReferences"), live["metadata"]
+    managers = {m["manager"] for m in live["metadata"].get("managedFields") or []}
+    assert "celery-operator" not in managers, managers
+    assert live["spec"] == pdb["spec"]
+
+
 def test_deleted_mirror_secret_is_restored(
     cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:

@@ -15,7 +15,6 @@ from celery_operator.api.conditions import POD_PROBLEM_REASONS, Blocker
 from celery_operator.api.events import EVENTS
 from celery_operator.api.labels import HASH_ANNOTATION, MIRROR_OF_ANNOTATION
 from celery_operator.controllers.events import (
-    EventMemory,
     Lru,
     child_event,
     classify_apply,
@@ -436,16 +435,16 @@ def test_a_bad_spec_and_an_unreachable_broker_through_the_recorder_carry_no_pass
     password redacted."""
     clock, sink = Clock(), Sink()
     rec = EventRecorder("me", RecorderConfig(), sink, clock, clock.wall)
-    memory = EventMemory()
+    written: dict[str, Any] = {}  # what Context.fresh gives: the last status written
     url = "redis://default:hunter2@redis.shop:6379/0"
 
     def write(plan_status: dict[str, Any], body: dict[str, Any]) -> None:
         uid = body["metadata"]["uid"]
-        old = memory.conditions.get(uid) or conditions_of(body.get("status"))
+        old = conditions_of(written.get(uid, body.get("status")))
         new = conditions_of(plan_status)
         for ev in status_events(body, old, new):
             rec.record(ev)
-        memory.conditions.set(uid, new)
+        written[uid] = plan_status
 
     bad = pool_inputs(TEAM, spec={"queues": []})
     plan = plan_pool(bad)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.kinds import APP, FLOWER, POOL, Key
-from celery_operator.controllers.context import ROLLUP_DELAY, Context
+from celery_operator.controllers.context import ROLLUP_CAP, ROLLUP_DELAY, Context
 from celery_operator.plans.celeryapp import (
     AppInputs,
     AppPlan,
@@ -23,21 +24,45 @@ def reconcile_app(ctx: Context, key: Key, *, apply: bool = True) -> None:
     if inputs is None:
         ctx.secrets.forget((APP.task, key))
         return
+    if not apply and components_pending(ctx, inputs):
+        return  # their status writes bring the roll-up back (or the cap does)
     apply_app(ctx, plan_app(inputs))
+
+
+def components_pending(ctx: Context, inputs: AppInputs) -> bool:
+    """Whether the roll-up should wait: a pool or Flower of the app has not written the
+    status of its current spec yet (it is being reconciled now: one kubectl apply of an
+    app and its pools). Waits at most ROLLUP_CAP, then rolls up what there is."""
+    uid = str(inputs.body["metadata"]["uid"])
+    pending = any(
+        (b.get("status") or {}).get("observedGeneration") != b["metadata"].get("generation")
+        for b in (*inputs.pools, *inputs.flowers)
+    )
+    if not pending:
+        ctx.memory.rollup_waits.pop(uid)
+        return False
+    now = time.monotonic()
+    first = ctx.memory.rollup_waits.get(uid)
+    if first is None:
+        ctx.memory.rollup_waits.set(uid, now)
+        # The cap, on a timer of its own: the components' writes still bring it sooner.
+        ctx.queue.add(f"{APP.task}-status", inputs.key, ROLLUP_CAP)
+        return True
+    return now - first < ROLLUP_CAP
 
 
 def gather_app(ctx: Context, key: Key, apply: bool) -> AppInputs | None:
     """The app, the pools and Flowers that name it, its beat Deployment, the clock, and
     the Secrets beat's pods read (through the Secret poller)."""
-    body = ctx.cache.get(APP.name, key)
+    body = ctx.fresh(ctx.cache.get(APP.name, key))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     inputs = AppInputs(
         key=key,
         body=body,
         app=parse(CeleryApp, body),
-        pools=ctx.cache.of_app(POOL.name, key),
-        flowers=ctx.cache.of_app(FLOWER.name, key),
+        pools=[ctx.fresh(b) or b for b in ctx.cache.of_app(POOL.name, key)],
+        flowers=[ctx.fresh(b) or b for b in ctx.cache.of_app(FLOWER.name, key)],
         beat=ctx.cache.child(body["metadata"]["uid"], *beat_ident(key)),
         now=ctx.now(),
         apply=apply,

@@ -13,7 +13,7 @@ from celery_operator.api.celeryapp import CeleryApp
 from celery_operator.api.celeryworkerpool import CeleryWorkerPool
 from celery_operator.api.kinds import APP, POOL, SECRET, Key, pool_app_key
 from celery_operator.controllers import metrics
-from celery_operator.controllers.context import ROLLUP_DELAY, Context
+from celery_operator.controllers.context import ROLLUP_DELAY, Context, moved
 from celery_operator.controllers.events import drain_event, scale_event
 from celery_operator.controllers.runtime import Retry
 from celery_operator.k8s import client
@@ -57,7 +57,7 @@ def gather_pool(ctx: Context, key: Key, apply: bool) -> PoolInputs | None:
     clock; the Secrets the plan reads (through the Secret poller, which reconciles the
     pool when one of them changes), the app's connection URLs and KEDA's presence only
     when the plan needs them."""
-    body = ctx.cache.get(POOL.name, key)
+    body = ctx.fresh(ctx.cache.get(POOL.name, key))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     inputs = PoolInputs(
@@ -165,7 +165,8 @@ def apply_pool(ctx: Context, plan: PoolPlan) -> None:
         ctx.delete_secrets(body, plan.stale_secrets, "the app no longer names its source")
     ctx.follow_rollout(body, deployment)
     status = plan.status(deployment, conflict)
-    ctx.write_status(body, POOL, status)
+    settle = plan.children is not None and conflict is None and moved(cached, deployment)
+    ctx.write_status(body, POOL, status, settle=settle)
     if plan.retry_after is not None and conflict is None:
         raise Retry(plan.retry_after, "a drain is in progress")
 

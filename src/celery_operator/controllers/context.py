@@ -31,18 +31,31 @@ from celery_operator.controllers.events import (
 from celery_operator.controllers.runtime import WorkQueue
 from celery_operator.controllers.secretwatch import SecretWatch
 from celery_operator.k8s import client
-from celery_operator.k8s.children import ChildConflictError, apply_owned, delete_owned
+from celery_operator.k8s.children import (
+    ChildConflictError,
+    apply_new,
+    apply_owned,
+    delete_owned,
+)
 from celery_operator.k8s.events import Event, NullRecorder, Recorder
-from celery_operator.k8s.objects import contains, projection
+from celery_operator.k8s.objects import compact, compare_resource_versions, contains, projection
 from celery_operator.scaling.monitor import Monitors
 from celery_operator.scaling.scaler import BuiltinScaler
-from celery_operator.status import now_iso, status_changed
+from celery_operator.status import minor_change, now_iso, status_changed
 
 log = logging.getLogger("celery_operator")
 
 # Status roll-ups wait this long for more changes, so a burst makes one write.
 ROLLUP_DELAY = 0.25
-CHILD_STATUS_DELAY = 0.1
+# ... and for the status of the pools and Flowers being reconciled with it, at most this.
+ROLLUP_CAP = 5.0
+# A child's events (a Deployment's controller writes its status several times as it
+# starts a rollout) wait this long, so they make one status pass.
+CHILD_STATUS_DELAY = 1.0
+# A status change that moves no condition (counts, messages) waits until this long after
+# the object's last status write: at most one such write per object per window, however
+# many replicas come and go. A condition that changes status or reason is written at once.
+MINOR_STATUS_DELAY = 3.0
 # A pool's workers changed load (or pods came and went): one look per pool per second
 # however many changed, so deletion-cost writes are batched.
 WORKERS_DELAY = 1.0
@@ -52,6 +65,17 @@ UNWATCHED_KINDS = frozenset(c.resource.kind for c in child_kinds() if not c.watc
 
 def manifest_hash(manifest: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def moved(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> bool:
+    """Whether a child is new or another version than it was before the pass applied."""
+    if after is None:
+        return False
+    if before is None:
+        return True
+    return bool(
+        before["metadata"].get("resourceVersion") != after["metadata"].get("resourceVersion")
+    )
 
 
 @dataclass
@@ -144,11 +168,12 @@ class Context:
             if cached is not None and self._unchanged(cached, digest):
                 live[key] = cached
                 continue
-            # Not cached: read it (is the name taken by someone else's object? did it exist?).
             before = cached
-            if before is None:
-                before = client.get_object(m["apiVersion"], m["kind"], key[2], key[1] or None)
-            result = apply_owned(m, live=before, known=True)
+            if cached is None:  # not read first: the apply tells whether the name is taken
+                created = owner["metadata"].get("creationTimestamp")
+                result, before = apply_new(m, created)
+            else:
+                result = apply_owned(m, live=before, known=True)
             if contains(result, m):
                 self.cache.note_applied(result, m)
             else:
@@ -276,29 +301,63 @@ class Context:
         self.record(problem_event(owner, what, self.memory.problems.get(key) or "", problem))
         self.memory.problems.set(key, "" if problem is None else problem.reason)
 
-    def write_status(self, body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> None:
-        """Patches the status if it changed, and posts what changed in its conditions."""
-        uid = body["metadata"]["uid"]
-        old = self.memory.conditions.get(uid)
-        if old is None:
-            old = conditions_of(body.get("status"))
-        if not patch_status_if_changed(body, kind, status):
+    def fresh(self, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The cached body, with the status this process last wrote when the watch has not
+        brought that write back yet: a status pass that runs before the echo neither writes
+        the same status again nor restarts a condition's lastTransitionTime."""
+        if body is None:
+            return None
+        meta = body["metadata"]
+        written = self.memory.statuses.get(str(meta.get("uid", "")))
+        if written is None:
+            return body
+        version, status = written
+        if compare_resource_versions(version, str(meta.get("resourceVersion", ""))) != 1:
+            # The watch brought the write back (or something newer): forget it, so that
+            # only writes in flight are held (unless another write replaced it meanwhile).
+            self.memory.statuses.discard(str(meta.get("uid", "")), written)
+            return body
+        return {**body, "status": status}
+
+    def write_status(
+        self,
+        body: Mapping[str, Any],
+        kind: Kind,
+        status: dict[str, Any],
+        *,
+        settle: bool = False,
+    ) -> None:
+        """Patches the status if it changed, and posts what changed in its conditions.
+        `body`: as `fresh` gives it. `settle`: the pass just wrote the child the status
+        follows, whose controller answers within moments: the status waits for that
+        (CHILD_STATUS_DELAY), so that its first state is written once, not twice."""
+        old = body.get("status")
+        if not status_changed(old, status):
+            return
+        meta = body["metadata"]
+        uid = str(meta["uid"])
+        item, key = f"{kind.task}-status", (meta["namespace"], meta["name"])
+        if settle:
+            self.queue.add_soon(item, key, CHILD_STATUS_DELAY)
+            return
+        last = self.memory.status_times.get(uid)
+        if last is not None and minor_change(old, status):
+            wait = last + MINOR_STATUS_DELAY - time.monotonic()
+            if wait > 0:
+                # A timer of its own (not add_soon's shared one): a change that cannot
+                # wait, arriving meanwhile, still gets its pass at once.
+                self.queue.add(item, key, wait)
+                return
+        try:
+            answer = client.patch_status(
+                body["apiVersion"], kind.name, meta["name"], meta["namespace"], status
+            )
+        except client.ApiError as e:
+            if not e.not_found:
+                raise
             return  # the object is gone
-        new = conditions_of(status)
-        for ev in status_events(body, old, new):
+        version = str((answer.get("metadata") or {}).get("resourceVersion", ""))
+        self.memory.statuses.set(uid, (version, compact(answer.get("status") or {})))
+        self.memory.status_times.set(uid, time.monotonic())
+        for ev in status_events(body, conditions_of(body.get("status")), conditions_of(status)):
             self.record(ev)
-        self.memory.conditions.set(uid, new)
-
-
-def patch_status_if_changed(body: Mapping[str, Any], kind: Kind, status: dict[str, Any]) -> bool:
-    """False when the object is gone."""
-    if not status_changed(body.get("status"), status):
-        return True
-    meta = body["metadata"]
-    try:
-        client.patch_status(body["apiVersion"], kind.name, meta["name"], meta["namespace"], status)
-    except client.ApiError as e:
-        if not e.not_found:
-            raise
-        return False
-    return True

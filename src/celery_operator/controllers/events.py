@@ -364,6 +364,12 @@ class Lru(Generic[K, V]):
         with self._lock:
             return self._items.pop(key, None)
 
+    def discard(self, key: K, value: V) -> None:
+        """Removes the entry only while it is still `value` (not replaced meanwhile)."""
+        with self._lock:
+            if self._items.get(key) is value:
+                del self._items[key]
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -383,8 +389,13 @@ class EventMemory:
         self.templates: Lru[str, str] = Lru(size)
         # (owner uid, Deployment name) -> the generation whose rollout was announced.
         self.rollouts: Lru[tuple[str, str], int] = Lru(size)
-        # owner uid -> its conditions as last written (the cache may lag behind a write).
-        self.conditions: Lru[str, dict[str, Cond]] = Lru(size)
+        # owner uid -> (resourceVersion, status) of this process's last status write: the
+        # cache lags behind a write until the watch brings it back (Context.fresh).
+        self.statuses: Lru[str, tuple[str, dict[str, Any]]] = Lru(size)
+        # owner uid -> time.monotonic() of that write (MINOR_STATUS_DELAY).
+        self.status_times: Lru[str, float] = Lru(size)
+        # app uid -> time.monotonic() its roll-up started waiting for its components.
+        self.rollup_waits: Lru[str, float] = Lru(size)
         # (owner uid, component) -> the reason its pods cannot run ("": they can).
         self.problems: Lru[tuple[str, str], str] = Lru(size)
 

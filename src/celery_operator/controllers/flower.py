@@ -7,7 +7,7 @@ from typing import Any
 
 from celery_operator.api.flower import Flower
 from celery_operator.api.kinds import APP, FLOWER, Key, flower_app_key
-from celery_operator.controllers.context import ROLLUP_DELAY, Context
+from celery_operator.controllers.context import ROLLUP_DELAY, Context, moved
 from celery_operator.plans.common import parse, parse_app
 from celery_operator.plans.flower import (
     FlowerInputs,
@@ -29,7 +29,7 @@ def reconcile_flower(ctx: Context, key: Key, *, apply: bool = True) -> None:
 def gather_flower(ctx: Context, key: Key, apply: bool) -> FlowerInputs | None:
     """The Flower, its app, the other Flowers of that app, its Deployment, the clock, and
     the Secrets its pod reads (through the Secret poller)."""
-    body = ctx.cache.get(FLOWER.name, key)
+    body = ctx.fresh(ctx.cache.get(FLOWER.name, key))
     if body is None or body["metadata"].get("deletionTimestamp"):
         return None
     app_key = flower_app_key(body)
@@ -58,9 +58,12 @@ def apply_flower(ctx: Context, plan: FlowerPlan) -> None:
     body = plan.body
     if plan.delete_children:
         ctx.delete_children(body, f"the Flower is not accepted ({plan.accepted.reason})")
-    deployment, conflict = ctx.apply_children(body, plan.children, deployment_ident(plan.key))
+    ident = deployment_ident(plan.key)
+    cached = ctx.cache.child(body["metadata"]["uid"], *ident)
+    deployment, conflict = ctx.apply_children(body, plan.children, ident)
     ctx.follow_rollout(body, deployment)
-    ctx.write_status(body, FLOWER, plan.status(deployment, conflict))
+    settle = plan.children is not None and conflict is None and moved(cached, deployment)
+    ctx.write_status(body, FLOWER, plan.status(deployment, conflict), settle=settle)
 
 
 def on_flower_event(ctx: Context, event_type: str, body: dict[str, Any]) -> None:

@@ -67,6 +67,61 @@ def apply_owned(
     return client.apply_object(manifest)  # our field manager owns the repaired fields again
 
 
+def apply_new(
+    manifest: Mapping[str, Any], owner_created: str | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Applies a child the cache does not hold, without reading it first. Returns the live
+    object and what existed before (None when the apply created it).
+
+    A non-forced apply creates the object when the name is free, exactly as a forced one
+    would. When the name is taken it writes nothing if another field manager holds a field
+    we set with another value (409), or the object has another controller (422): then the
+    object is read and judged as `apply_owned` judges it. The one case that gets through is
+    an object that already held every value we set (a hand copy of our manifest): it
+    existed before its would-be owner (`owner_created`, the owner's creationTimestamp), so
+    it is not ours: our fields are given back and ChildConflictError says so."""
+    try:
+        answer = client.apply_object(manifest, force=False)
+    except client.ApiError as e:
+        if e.status not in (409, 422):
+            raise
+        meta = manifest["metadata"]
+        live = client.get_object(
+            manifest["apiVersion"], manifest["kind"], meta["name"], meta.get("namespace")
+        )
+        return apply_owned(manifest, live, known=True), live
+    if _predates(answer, owner_created):
+        meta = manifest["metadata"]
+        release = {
+            "apiVersion": manifest["apiVersion"],
+            "kind": manifest["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta.get("namespace")},
+        }
+        client.apply_object(release, force=False)  # drops our ownerReference and fields
+        raise ChildConflictError(
+            f"{manifest['kind']} {meta.get('namespace')}/{meta['name']} already exists and is "
+            "controlled by no controller (created outside the operator); rename or delete it"
+        )
+    if not contains(answer, manifest):  # an existing object of ours holds other values
+        return apply_owned(manifest, answer, known=True), answer
+    return answer, None
+
+
+def _predates(live: Mapping[str, Any], owner_created: str | None) -> bool:
+    """Whether an object the operator just applied existed before its owner: another
+    manager wrote it, and it was created before the owner was (creationTimestamps have
+    one-second steps; a child is never created before its owner)."""
+    meta = live.get("metadata") or {}
+    others = [
+        e
+        for e in meta.get("managedFields") or []
+        if e.get("manager") != FIELD_MANAGER and not e.get("subresource")
+    ]
+    if not others or not owner_created:
+        return False
+    return str(meta.get("creationTimestamp") or "") < owner_created
+
+
 def delete_owned(api_version: str, kind: str, name: str, namespace: str, owner_uid: str) -> bool:
     """Deletes a child only if `owner_uid` controls it. True if something was deleted."""
     live = client.get_object(api_version, kind, name, namespace)
