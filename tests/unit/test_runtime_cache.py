@@ -156,6 +156,7 @@ def test_the_cache_keeps_bodies_without_other_managers_fields_last_applied_or_te
         assert kept["status"] == {"readyReplicas": 1}
     assert body == original  # the watch's body is not changed
     del body["metadata"]["managedFields"][0]
+    body["metadata"]["resourceVersion"] = "8"  # every write is a new version
     c.put_child(body, deleted=False)
     assert "managedFields" not in (c.child("owner", *IDENT) or {})["metadata"]
 
@@ -225,7 +226,20 @@ def test_a_generation_moved_by_someone_else_is_drift_and_a_child_never_applied_i
     assert c.holds_applied(body)
     later = copy.deepcopy(body)
     later["metadata"]["generation"] = 4  # the pod template, which the cache does not keep
+    later["metadata"]["resourceVersion"] = "8"  # every write is a new version
     assert c.put_child(later, deleted=False) == ("owner", True)
+
+
+def test_the_echo_of_a_version_already_kept_is_not_kept_again() -> None:
+    c = Cache()
+    body = child("7", ready=1)
+    c.put_child(body, deleted=False, from_write=True)  # the answer to our apply
+    kept = c.child("owner", *IDENT)
+    assert c.put_child(copy.deepcopy(body), deleted=False) == ("owner", False)  # its echo
+    assert c.child("owner", *IDENT) is kept
+    newer = child("8", ready=1)
+    c.put_child(newer, deleted=False)
+    assert c.child("owner", *IDENT) is not kept
 
 
 def test_a_deleted_child_forgets_what_was_applied() -> None:
@@ -234,3 +248,33 @@ def test_a_deleted_child_forgets_what_was_applied() -> None:
     c.note_applied(live, live)
     c.put_child(live, deleted=True)
     assert c.applied == {}
+
+
+def test_our_apply_entry_is_kept_only_as_far_as_spec_replicas() -> None:
+    from celery_operator.k8s.children import owns_field
+
+    fields = {
+        "f:metadata": {"f:labels": {"f:app": {}}},
+        "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {}}}},
+    }
+    body = child("7", ready=1)
+    body["metadata"]["managedFields"] = [
+        {"manager": "celery-operator", "operation": "Apply", "time": "t", "fieldsV1": fields}
+    ]
+    c = Cache()
+    c.put_child(body, deleted=False)
+    kept = c.child("owner", *IDENT)
+    assert kept is not None
+    assert kept["metadata"]["managedFields"] == [
+        {
+            "manager": "celery-operator",
+            "operation": "Apply",
+            "fieldsV1": {"f:spec": {"f:replicas": {}}},
+        }
+    ]
+    assert owns_field(kept, "celery-operator", "spec", "replicas")
+    del fields["f:spec"]["f:replicas"]  # an autoscaler's pool: the operator leaves replicas
+    c.put_child({**body, "metadata": {**body["metadata"], "resourceVersion": "8"}}, deleted=False)
+    kept = c.child("owner", *IDENT)
+    assert kept is not None
+    assert not owns_field(kept, "celery-operator", "spec", "replicas")

@@ -213,6 +213,12 @@ class Cache:
                 if not owned:
                     self.children.pop(owner, None)
                 return owner, False
+            if (
+                current is not None
+                and current["metadata"].get("uid") == uid
+                and current["metadata"].get("resourceVersion") == meta.get("resourceVersion")
+            ):
+                return owner, False  # the echo of our own write: already kept as it is
             kept = owned[key] = slim(body, child=True)
             ours = self.applied.get(uid)
             return owner, ours is not None and not ours.holds(kept)

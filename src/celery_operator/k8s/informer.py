@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from celery_operator.k8s import client
+from celery_operator.k8s.objects import compact
 
 log = logging.getLogger("celery_operator.informer")
 
@@ -58,11 +59,17 @@ def tombstone(body: dict[str, Any]) -> dict[str, Any]:
     """The part of a body a DELETED event needs: who it was, whose it was."""
     meta = body.get("metadata") or {}
     kept = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {k: meta[k] for k in kept if k in meta},
-    }
+    # Interned copies: one is kept per watched object (thousands), and the watch's own
+    # strings and dicts would keep a part of every decoded body alive.
+    return dict(
+        compact(
+            {
+                "apiVersion": body.get("apiVersion"),
+                "kind": body.get("kind"),
+                "metadata": {k: meta[k] for k in kept if k in meta},
+            }
+        )
+    )
 
 
 class Informer:

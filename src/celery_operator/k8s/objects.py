@@ -44,9 +44,10 @@ def compare_resource_versions(a: str, b: str) -> int | None:
 
 
 def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
-    """The body as the cache keeps it: without `metadata.managedFields` (except the
-    operator's own apply entry, which the replica hand-off reads) and without kubectl's
-    last-applied annotation (a second copy of the object). A child also loses its pod
+    """The body as the cache keeps it: without `metadata.managedFields` (but for whether
+    the operator's own apply entry owns spec.replicas, which the replica hand-off reads)
+    and without kubectl's last-applied annotation (a second copy of the object). A child
+    also loses its pod
     template: nothing reads it from the cache (the applied-hash annotation and the
     generation say whether a child is as rendered), and it is most of a Deployment."""
     meta = body.get("metadata")
@@ -55,7 +56,9 @@ def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
     m = dict(meta)
     managed = m.pop("managedFields", None) or []
     ours = [
-        e for e in managed if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
+        _replicas_only(e)
+        for e in managed
+        if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
     ]
     if ours:
         m["managedFields"] = ours
@@ -68,6 +71,17 @@ def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
         out["spec"] = {k: v for k, v in spec.items() if k != "template"}
     kept: dict[str, Any] = compact(out)
     return kept
+
+
+def _replicas_only(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """Our apply entry as far as the cache needs it: whether it owns spec.replicas (its
+    fieldsV1 otherwise maps every field of the manifest, pod template included)."""
+    fields = entry.get("fieldsV1") or {}
+    kept: dict[str, Any] = {}
+    if "f:spec" in fields:
+        spec = fields["f:spec"] or {}
+        kept["f:spec"] = {"f:replicas": {}} if "f:replicas" in spec else {}
+    return {"manager": entry["manager"], "operation": entry["operation"], "fieldsV1": kept}
 
 
 def compact(value: Any) -> Any:
