@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import kubernetes
+import orjson
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
@@ -190,7 +191,7 @@ def _call(
         raise ApiError(
             response.status, response.reason or "", _message(data, response.reason or "")
         )
-    return dict(json.loads(data)) if data else {}
+    return dict(orjson.loads(data)) if data else {}
 
 
 def _message(body: Any, default: str) -> str:
@@ -294,7 +295,7 @@ def watch_events(
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
                 if line.strip():
-                    yield dict(json.loads(line))
+                    yield dict(orjson.loads(line))
     finally:
         response.close()
         response.release_conn()
