@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from celery_operator.brokerurl import parse_broker_url
 from celery_operator.scaling.decision import Policy
 from celery_operator.scaling.monitor import probe_for
-from celery_operator.scaling.probes import Probe
+from celery_operator.scaling.probes import BrokerUnreachableError, Probe
 from celery_operator.scaling.scaler import BuiltinScaler, Target
 
 
@@ -159,3 +159,33 @@ def test_a_measured_pool_switched_to_builtin_starts_from_its_current_replicas() 
     assert s.replicas(("ns", "pool")) == 10
     (m,) = s.measured()
     assert dict(m.scaled) == {"up": 1, "down": 0}
+
+
+def test_a_broker_found_unreachable_is_not_tried_by_every_pool() -> None:
+    """Many pools on one broker that is down: one connection attempt per hold, not one
+    per pool and poll; every pool reports the error; the next attempt after the hold."""
+    from dataclasses import replace
+
+    from celery_operator.scaling.scaler import UNREACHABLE_HOLD
+
+    now = [1000.0]
+    attempts: list[str] = []
+
+    def down(t: Target) -> Fixed:
+        attempts.append(t.url_id)
+        raise BrokerUnreachableError("redis://redis.invalid:6379/0: Name or service not known")
+
+    s = BuiltinScaler(on_change=lambda key: None, probe_for=down, clock=lambda: now[0])
+    pools = [replace(target(), key=("ns", f"p{i}"), policy=None) for i in range(50)]
+    for t in pools:
+        s.track(t, current=1)
+    for t in pools:
+        s.poll(t.key)
+    assert len(attempts) == 1
+    assert all(m.broker_up is False for m in s.measured())
+    now[0] += UNREACHABLE_HOLD
+    probe = Fixed()
+    s.probe_for = lambda t: probe  # the broker is back
+    for t in pools:
+        s.poll(t.key)
+    assert all(m.broker_up is True for m in s.measured())

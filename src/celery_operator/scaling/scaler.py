@@ -43,6 +43,9 @@ POLL_SECONDS = Histogram(
 
 # A new queue length alone is written to the pool's status at most this often.
 STATUS_EVERY = 15.0
+# A broker found unreachable is not tried again for this long (or the pool's polling
+# interval, if shorter) by any pool: they report the same error meanwhile.
+UNREACHABLE_HOLD = 5.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,11 @@ class BuiltinScaler:
     clock: Callable[[], float] = time.monotonic
     _states: dict[Key, State] = field(default_factory=dict)
     _probes: dict[str, Probe] = field(default_factory=dict)
+    # Brokers found unreachable: url_id -> (until when, the error). Every pool of that
+    # broker reports the error until then without connecting again: with two thousand pools
+    # on one broker that is down, one connection attempt per UNREACHABLE_HOLD, not dozens
+    # a second.
+    _down: dict[str, tuple[float, str]] = field(default_factory=dict)
     _heap: list[tuple[float, int, Key]] = field(default_factory=list)
     _generation: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -235,16 +243,28 @@ class BuiltinScaler:
         error: str | None = None
         lengths: list[int] = []
         active: int | None = None
+        with self._lock:
+            down = self._down.get(target.url_id)
+            if down is not None and down[0] <= self.clock():
+                down = None
         try:
+            if down is not None:
+                raise BrokerUnreachableError(down[1])
             probe = self._probe(target)
             lengths = probe.queue_lengths(target.queues)
             if target.policy is not None:
                 active = self.active_of(key)
             POLLS.labels("ok").inc()
+            with self._lock:
+                self._down.pop(target.url_id, None)
         except BrokerUnreachableError as e:
             error = str(e)
             POLLS.labels("unreachable").inc()
-            self._drop_probe(target.url_id)
+            if down is None:
+                self._drop_probe(target.url_id)
+                hold = min(target.interval, UNREACHABLE_HOLD)
+                with self._lock:
+                    self._down[target.url_id] = (self.clock() + hold, error)
         except Exception as e:  # never stop polling a pool over one surprise
             error = f"{target.broker.redacted()}: {type(e).__name__}"
             POLLS.labels("error").inc()
