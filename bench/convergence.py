@@ -354,10 +354,11 @@ def run(
     trials: dict[int, int],
     before: str | None = None,
     before_label: str = "",
-    extras: bool = True,
+    extras: bool | tuple[int, ...] = True,
     args: list[str] | None = None,
     operator_only: tuple[int, ...] = (),
 ) -> dict[str, Any]:
+    """`extras`: for every size, none, or these sizes."""
     results = []
     with environment() as env:
         client.configure(str(env.kubeconfig), pool_size=max(32, concurrency * 2))
@@ -369,7 +370,7 @@ def run(
                 concurrency,
                 trials.get(n, 1),
                 None if alone else before,
-                extras,
+                extras if isinstance(extras, bool) else n in extras,
                 args,
                 with_floor=not alone,
             )
@@ -377,7 +378,8 @@ def run(
             results.append(r)
     opts = (
         (f" --before {before_label or before}" if before else "")
-        + ("" if extras else " --no-extras")
+        + ("" if extras is True else " --no-extras" if extras is False else "")
+        + ("" if isinstance(extras, bool) else "".join(f" --extras {n}" for n in extras))
         + "".join(f" --operator-only {n}" for n in operator_only)
     )
     data = {
@@ -434,6 +436,13 @@ def main() -> None:
     )
     p.add_argument("--no-extras", action="store_true", help="skip the idle and update phases")
     p.add_argument(
+        "--extras",
+        type=int,
+        action="append",
+        default=[],
+        help="the idle and update phases only for this --apps value (repeatable)",
+    )
+    p.add_argument(
         "--operator-only",
         type=int,
         action="append",
@@ -458,7 +467,7 @@ def main() -> None:
             dict(zip(a.apps, trials, strict=True)),
             src,
             a.before,
-            not a.no_extras,
+            tuple(a.extras) if a.extras else not a.no_extras,
             a.operator_arg,
             tuple(a.operator_only),
         )

@@ -246,6 +246,11 @@ def main() -> None:
         help="a convergence results file (bench/results/convergence.json of a run with "
         "BENCH_OPERATOR_SRC=<another checkout>/src) shown as the before",
     )
+    p.add_argument(
+        "--convergence-results",
+        default=os.environ.get("BENCH_CONVERGENCE_RESULTS", ""),
+        help="render the convergence section from this results file instead of running it",
+    )
     a = p.parse_args()
     conv_trials = a.convergence_trials
     if len(conv_trials) == 1:
@@ -259,7 +264,11 @@ def main() -> None:
         "webhook": lambda: webhook_latency.run(400),
         "busy": lambda: busy_workers.run(100, 120.0),
         "failover": lambda: failover.run(5, 50),
-        "convergence": lambda: run_convergence(a.apps, conv_trials, a.before),
+        "convergence": lambda: (
+            json.loads(Path(a.convergence_results).read_text())
+            if a.convergence_results
+            else run_convergence(a.apps, conv_trials, a.before)
+        ),
     }
     results: dict[str, Any] = {name: runs[name]() for name in SECTIONS if name in a.only}
     if a.before_results and "convergence" in results:

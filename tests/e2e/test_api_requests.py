@@ -74,6 +74,12 @@ def test_one_app_set_is_created_without_reads_and_written_a_few_times(
             lambda: re.search(r"^celery_operator_leader\{[^}]*\} 1\.0$", op.metrics(), re.M),
             30,
         )
+        # The informers list and watch once they lead: only then does the app-set start.
+        wait_for(
+            "the informers to watch",
+            lambda: all(f"WATCH {k}" in requests(op) for k in (*CHILDREN[:3], "pods")),
+            30,
+        )
         before = requests(op)
         cluster.apply(app_set(namespace))
         wait_for(
