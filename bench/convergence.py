@@ -533,10 +533,13 @@ def rss_growth(points: list[tuple[int, float]]) -> str:
         (x - mx) ** 2 for x in xs
     )
     a = my - b * mx
+    sizes = ", ".join(str(n) for n, _ in points)
+    if len(points) == 2:  # a line through two points: nothing to say about linearity
+        return f"RSS once converged: {a:.0f} MiB + {b * 1024:.1f} KiB per app-set (N={sizes})."
     off = ", ".join(f"N={n}: {y - (a + b * n):+.1f} MiB" for n, y in points)
     return (
         f"RSS once converged: {a:.0f} MiB + {b * 1024:.1f} KiB per app-set (least squares over "
-        f"N={', '.join(str(n) for n, _ in points)}; each size off that line by {off})."
+        f"N={sizes}; each size off that line by {off})."
     )
 
 
