@@ -195,6 +195,9 @@ def splice(old: str, new: str, ran: list[str]) -> str:
 
     old_head, old_body, order = sections(old)
     _, new_body, new_order = sections(new)
+    new_body = {
+        h: b if b.endswith("\n\n") else b.rstrip("\n") + "\n\n" for h, b in new_body.items()
+    }
     for h in new_order:
         if h not in old_body:
             order.append(h)
