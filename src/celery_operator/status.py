@@ -536,13 +536,26 @@ def app_status(
     }
 
 
+def _members(status: Mapping[str, Any]) -> tuple[object, ...]:
+    """Which components an app's status counts (nothing for a pool's or a Flower's)."""
+    pools = status.get("pools") or {}
+    return (
+        pools.get("total"),
+        bool(status.get("flower")),
+        tuple(sorted((p.get("namespace"), p.get("name")) for p in status.get("workerPools") or [])),
+    )
+
+
 def minor_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether writing `new` over `old` changes only what may wait a moment (counts,
     messages, the workers' figures): no condition appears or changes status or reason,
-    and observedGeneration stays (what `kubectl wait` and rollout tools wait for)."""
+    observedGeneration stays (what `kubectl wait` and rollout tools wait for), and an
+    app counts the same pools and Flower."""
     old = old or {}
     if "observedGeneration" in new and new["observedGeneration"] != old.get("observedGeneration"):
         return False
+    if _members(old) != _members(new):
+        return False  # an app's pools or Flower came or went: what it is made of
     before = {
         c.get("type"): (c.get("status"), c.get("reason")) for c in old.get("conditions") or []
     }

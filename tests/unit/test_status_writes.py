@@ -51,6 +51,22 @@ def test_a_condition_that_moves_or_a_new_generation_does_not_wait() -> None:
     assert not minor_change(None, PROGRESSING)  # the first status is never held back
 
 
+def test_an_app_whose_pools_come_does_not_wait() -> None:
+    """An app Ready with no pool (none accepted yet) is rewritten at once when its pools
+    come: `kubectl get capp` must not show 0/0 pools once they are Ready."""
+    ready = [cond("Ready", "True", "AllComponentsReady")]
+    empty = {"conditions": ready, "pools": {"total": 0, "ready": 0}, "workerPools": []}
+    three = {
+        "conditions": ready,
+        "pools": {"total": 3, "ready": 3},
+        "workerPools": [{"namespace": "a", "name": n} for n in ("x", "y", "z")],
+    }
+    assert not minor_change(empty, three)
+    more_ready = {**three, "pools": {"total": 3, "ready": 2}}
+    assert minor_change(more_ready, three)  # the same pools, counted anew: may wait
+    assert not minor_change({**three, "flower": None}, {**three, "flower": {"name": "f"}})
+
+
 def body(rv: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "apiVersion": "celeryproject.org/v1alpha1",
