@@ -374,7 +374,16 @@ def test_a_prefixed_redis_app_scales_on_its_real_backlog(
                 )
                 ledger.sent.append(result.id)
             wait_for("4 workers for 8 tasks", lambda: len(shop.pods(pool)) == 4, timeout=90)
-            assert (status(shop, pool).get("autoscaler") or {}).get("queueLength", 0) > 0
+            # The status follows the scale a settling moment later (CHILD_STATUS_DELAY): it
+            # says what the scaler counted under the prefix when it chose 4.
+            wait_for(
+                "the status to show the backlog counted under the prefix",
+                lambda: (
+                    (a := status(shop, pool).get("autoscaler") or {}).get("desiredReplicas") == 4
+                    and a.get("queueLength", 0) > 0
+                ),
+                timeout=30,
+            )
             tally = assert_exactly_once(ledger, timeout=120)
         finally:
             producer.close()

@@ -165,7 +165,12 @@ def apply_pool(ctx: Context, plan: PoolPlan) -> None:
         ctx.delete_secrets(body, plan.stale_secrets, "the app no longer names its source")
     ctx.follow_rollout(body, deployment)
     status = plan.status(deployment, conflict)
-    settle = plan.children is not None and conflict is None and moved(cached, deployment)
+    settle = (
+        plan.children is not None
+        and conflict is None
+        and plan.status_can_wait
+        and moved(cached, deployment)
+    )
     ctx.write_status(body, POOL, status, settle=settle)
     if plan.retry_after is not None and conflict is None:
         raise Retry(plan.retry_after, "a drain is in progress")

@@ -162,6 +162,13 @@ class PoolPlan:
     def deployment_ident(self) -> tuple[str, str, str]:
         return deployment_ident(self.key, self.body)
 
+    @property
+    def status_can_wait(self) -> bool:
+        """Whether a status-only pass, run a moment later, rebuilds this status: not when it
+        carries what only a full pass finds (a pull Secret that cannot be mirrored: a
+        status pass reads no Secret, it keeps only what the written status says)."""
+        return self.unready is None
+
     def status(self, deployment: Body | None, conflict: Blocker | None = None) -> dict[str, Any]:
         bound = self.accepted.ok
         meta = self.body["metadata"]
