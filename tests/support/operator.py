@@ -166,14 +166,16 @@ class ComponentProcess:
 
     def errors(self) -> list[str]:
         """Tracebacks and ERROR lines in the log (a clean run has none). kopf logs its own
-        retried requests at ERROR ("will retry", e.g. a 429 while new CRDs initialise):
-        those are not failures and are left out."""
+        retried requests at ERROR ("will retry", e.g. a 429 while new CRDs initialise;
+        "will re-authenticate", a kept-alive connection the apiserver closed): those are
+        not failures and are left out."""
         text = self.log.read_text(errors="replace")
         return [
             line
             for line in text.splitlines()
             if ("Traceback" in line or " ERROR " in line or "[ERROR" in line)
             and "will retry" not in line
+            and "will re-authenticate" not in line
         ]
 
 

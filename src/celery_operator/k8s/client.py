@@ -16,7 +16,7 @@ from typing import Any
 
 import kubernetes
 import orjson
-from kubernetes.client.exceptions import ApiException
+import urllib3
 from prometheus_client import Counter
 
 from celery_operator.api.kinds import LIMIT_RANGE, Resource, resources
@@ -170,19 +170,24 @@ def _call(
     if parts[-1] == "status":
         kind += "/status"
     try:
-        m, url, headers, payload, post = api.param_serialize(
+        # The URL and headers (the token, refreshed) from the client; the body encoded and
+        # sent here, through its connection pool: the client's own path (a recursive
+        # sanitize, the stdlib's json, a response wrapper) was a fifth of the operator's CPU.
+        _, url, headers, _, _ = api.param_serialize(
             method,
             path,
             query_params=query or [],
             header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
             auth_settings=["BearerToken"],
         )
-        response = api.call_api(m, url, headers, payload, post, _request_timeout=timeout)
-        data = response.read()  # type: ignore[no-untyped-call]
-    except ApiException as e:
-        API_REQUESTS.labels(method, kind, f"{(e.status or 0) // 100}xx").inc()
-        raise ApiError(e.status or 0, e.reason or "", _message(e.body, e.reason or "")) from None
+        response = api.rest_client.pool_manager.request(
+            method,
+            url,
+            body=None if body is None else orjson.dumps(body),
+            headers=headers,
+            timeout=urllib3.Timeout(total=timeout),
+        )
+        data = response.data
     except Exception as e:  # connection refused, timeout, TLS: no answer from the server
         API_REQUESTS.labels(method, kind, "none").inc()
         raise ApiError(0, type(e).__name__, str(e)) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +73,7 @@ def build_hpa(
         return None
     meta = pool.metadata
     name = c.worker_deployment_name(app.metadata["name"], meta["name"])
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
@@ -284,6 +283,4 @@ def build_keda_objects(
             "triggers": triggers,
         },
     }
-    return KedaObjects(
-        copy.deepcopy(secret) if secret else None, copy.deepcopy(auth), copy.deepcopy(scaled_object)
-    )
+    return KedaObjects(c.clone(secret) if secret else None, c.clone(auth), c.clone(scaled_object))

@@ -6,7 +6,6 @@ periodic task twice, so a rollout stops the old beat before the new one starts.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
@@ -57,7 +56,7 @@ def build_beat_deployment(app: CeleryApp, owner: dict[str, Any] | None) -> dict[
         b.resources,
         b.volume_mounts,
     )
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -284,7 +283,7 @@ def build_worker_deployment(
     if replicas is not None:
         spec = {"replicas": replicas, **spec}
     mirrors = {PULL_SECRET_MIRRORS_ANNOTATION: ",".join(pull_secrets)} if pull_secrets else None
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -308,7 +307,7 @@ def build_worker_pdb(
     if budget is None:
         return None
     meta = pool.metadata
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
@@ -347,7 +346,7 @@ def build_connection_secret(
     if backend_url is not None:
         data[c.MIRROR_BACKEND_KEY] = c.b64(backend_url)
     meta = pool.metadata
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -378,7 +377,7 @@ def build_pull_secret_mirror(
     """
     meta = pool.metadata
     app_ns = app.metadata["namespace"]
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "v1",
             "kind": "Secret",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
-import copy
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
+
+import orjson
 
 from celery_operator.api.base import API_VERSION
 from celery_operator.api.celeryapp import CeleryApp, ConnectionSpec
@@ -29,6 +30,16 @@ BACKEND_ENV = "CELERY_RESULT_BACKEND"
 # chars; pod host names are cut at 63. 47 keeps "<deployment>-<rs-hash>" a DNS label.
 MAX_DEPLOYMENT_NAME = 47
 MAX_DNS_LABEL = 63
+
+
+J = TypeVar("J")
+
+
+def clone(obj: J) -> J:
+    """A deep copy of JSON-like data (what every builder returns, so that no caller's edit
+    reaches a model or a shared default): through orjson, about six times faster than
+    copy.deepcopy for a Deployment, which made most of a reconcile's CPU."""
+    return cast(J, orjson.loads(orjson.dumps(obj)))
 
 
 def dns_label(name: str, limit: int = MAX_DNS_LABEL) -> str:
@@ -202,15 +213,15 @@ def pod_spec(
     for a pool outside the app's namespace)."""
     d = app.spec.pod_defaults
     spec: dict[str, Any] = {}
-    init = [*(copy.deepcopy(dict(c)) for c in init_containers), *map(native_sidecar, sidecars)]
+    init = [*(clone(dict(c)) for c in init_containers), *map(native_sidecar, sidecars)]
     if init:
         spec["initContainers"] = init
     spec |= {
         "containers": containers,
-        "securityContext": copy.deepcopy(d.security_context or DEFAULT_POD_SECURITY_CONTEXT),
+        "securityContext": clone(d.security_context or DEFAULT_POD_SECURITY_CONTEXT),
         "volumes": [
-            copy.deepcopy(TMP_VOLUME),
-            *(copy.deepcopy(dict(v)) for v in (*d.volumes, *volumes)),
+            clone(TMP_VOLUME),
+            *(clone(dict(v)) for v in (*d.volumes, *volumes)),
         ],
         "enableServiceLinks": False,
     }
@@ -243,7 +254,7 @@ def pod_spec(
 def native_sidecar(c: Mapping[str, Any]) -> dict[str, Any]:
     """A user's sidecar as a Kubernetes native sidecar: an init container that restarts
     Always, started before the main container and stopped after it. Otherwise verbatim."""
-    return {**copy.deepcopy(dict(c)), "restartPolicy": "Always"}
+    return {**clone(dict(c)), "restartPolicy": "Always"}
 
 
 def container(
@@ -264,13 +275,10 @@ def container(
         "command": ["celery"],
         "args": args,
         "env": env,
-        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
+        "securityContext": clone(CONTAINER_SECURITY_CONTEXT),
         "volumeMounts": [
             dict(TMP_MOUNT),
-            *(
-                copy.deepcopy(dict(m))
-                for m in (*app.spec.pod_defaults.volume_mounts, *volume_mounts)
-            ),
+            *(clone(dict(m)) for m in (*app.spec.pod_defaults.volume_mounts, *volume_mounts)),
         ],
         # A container that crashes leaves the tail of its log in its status, which the
         # operator reports in Ready's message (an app path that does not import, ...).
@@ -289,24 +297,24 @@ def with_secret_checksum(
     """The Deployment with the checksum of the Secret data its pods read at start, on its
     pod template (a new value rolls the pods) and on its metadata (where the operator's
     cache, which keeps no pod template, reads the current one). None: no annotation.
-    `baseline`: on the metadata only (a Deployment adopted without a roll)."""
-    out = copy.deepcopy(dict(deployment))
+    `baseline`: on the metadata only (a Deployment adopted without a roll).
+    A new dict along the annotated paths; the rest is shared with `deployment`."""
+    meta = dict(deployment["metadata"])
     if baseline is not None:
-        out["metadata"]["annotations"] = {
-            **(out["metadata"].get("annotations") or {}),
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
             SECRET_BASELINE_ANNOTATION: baseline,
         }
+    out = {**deployment, "metadata": meta}
     if checksum is None:
         return out
-    for meta in (out["metadata"], out["spec"]["template"]["metadata"]):
-        meta["annotations"] = {
-            **(meta.get("annotations") or {}),
-            SECRET_CHECKSUM_ANNOTATION: checksum,
-        }
-    return out
-    for meta in (out["metadata"], out["spec"]["template"]["metadata"]):
-        meta["annotations"] = {
-            **(meta.get("annotations") or {}),
-            SECRET_CHECKSUM_ANNOTATION: checksum,
-        }
+    meta["annotations"] = {**(meta.get("annotations") or {}), SECRET_CHECKSUM_ANNOTATION: checksum}
+    spec = deployment["spec"]
+    template = spec["template"]
+    pod_meta = dict(template.get("metadata") or {})
+    pod_meta["annotations"] = {
+        **(pod_meta.get("annotations") or {}),
+        SECRET_CHECKSUM_ANNOTATION: checksum,
+    }
+    out["spec"] = {**spec, "template": {**template, "metadata": pod_meta}}
     return out

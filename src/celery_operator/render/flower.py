@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from celery_operator.api.celeryapp import CeleryApp
@@ -96,8 +95,8 @@ def build_flower_deployment(
     cont["readinessProbe"] = _probe(flower, 10, 3)
     cont["livenessProbe"] = {**_probe(flower, 30, 4), "initialDelaySeconds": 30}
     if s.lifecycle:
-        cont["lifecycle"] = copy.deepcopy(dict(s.lifecycle))
-    return copy.deepcopy(
+        cont["lifecycle"] = c.clone(dict(s.lifecycle))
+    return c.clone(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -129,7 +128,7 @@ def build_flower_service(
     app: CeleryApp, flower: Flower, owner: dict[str, Any] | None
 ) -> dict[str, Any]:
     s = flower.spec.service
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -188,7 +187,7 @@ def build_flower_ingress(
         spec["ingressClassName"] = ing.class_name
     if ing.tls.secret_name:
         spec["tls"] = [{"hosts": [ing.host], "secretName": ing.tls.secret_name}]
-    return copy.deepcopy(
+    return c.clone(
         {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
