@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from celery_operator.k8s.objects import contains, repair_patch
+from celery_operator.k8s.objects import contains, parse_quantity, repair_patch
 
 HPA = {
     "spec": {
@@ -86,3 +86,34 @@ def test_the_repair_patch_replaces_what_differs_whole_and_nothing_else() -> None
     assert repair_patch(
         {"spec": {"selector": {"app": "g"}}}, {"spec": {"selector": {"app": "f"}}}
     ) == {"spec": {"selector": {"app": "f"}}}
+
+
+QUANTITIES = [
+    "0", "1", "500m", "0.5", "1.5", ".5", "1.", "+1", "-1", "100n", "100u", "1k", "1M",
+    "1G", "1T", "1P", "1E", "1Ki", "1Mi", "1Gi", "1Ti", "1Pi", "1Ei", "1024Mi", "1e3",
+    "1E3", "1e-3", "2.5e+2", "12345678901234567890", "0.000000001",
+]  # fmt: skip
+NOT_QUANTITIES = ["", "m", "1KiB", "Gi", "1e", "1.2.3", "http", "--1", "1ki", "0x10", "1Ki "]
+# The kubernetes package reads these too (1/1024, 1Gi, 1); the apiserver refuses them.
+REFUSED_BY_THE_APISERVER = ["1mi", "1 Gi", " 1"]
+
+
+@pytest.mark.parametrize("text", QUANTITIES)
+def test_quantities_read_as_the_kubernetes_package_reads_them(text: str) -> None:
+    from kubernetes.utils import parse_quantity as reference  # the oracle (not in the operator)
+
+    assert parse_quantity(text) == reference(text)
+
+
+@pytest.mark.parametrize("text", NOT_QUANTITIES)
+def test_what_is_no_quantity(text: str) -> None:
+    from kubernetes.utils import parse_quantity as reference
+
+    assert parse_quantity(text) is None
+    with pytest.raises((ValueError, ArithmeticError)):
+        reference(text)
+
+
+@pytest.mark.parametrize("text", REFUSED_BY_THE_APISERVER)
+def test_what_the_apiserver_refuses_is_no_quantity(text: str) -> None:
+    assert parse_quantity(text) is None

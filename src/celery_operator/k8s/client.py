@@ -1,26 +1,27 @@
 """The only place that talks to the Kubernetes API.
 
 Plain dicts in, plain dicts out. Every write of a child is a server-side apply under one
-field manager. Errors surface as `ApiError`, so callers never import `kubernetes`.
+field manager. Errors surface as `ApiError`. Requests go through urllib3 with orjson
+bodies; where the server is and the credentials come from k8s/connection.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
-import kubernetes
 import orjson
 import urllib3
 from prometheus_client import Counter
 
 from celery_operator.api.kinds import LIMIT_RANGE, Resource, resources
 from celery_operator.api.labels import FIELD_MANAGER
+from celery_operator.k8s import connection
 
 API_REQUESTS = Counter(
     "celery_operator_api_requests_total",
@@ -102,46 +103,39 @@ def resource(api_version: str, kind: str) -> Resource:
 
 
 _lock = threading.Lock()
-_client: kubernetes.client.ApiClient | None = None
+_conn: connection.Connection | None = None
 
 
 def configure(kubeconfig: str | None = None, pool_size: int = 32) -> None:
     """Loads credentials: in-cluster, else a kubeconfig file ($KUBECONFIG or ~/.kube/config)."""
-    global _client
-    config = kubernetes.client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
-    else:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=config)  # type: ignore[no-untyped-call]
-    config.connection_pool_maxsize = pool_size
+    global _conn
+    conn = connection.load(kubeconfig, pool_size)
     with _lock:
-        _client = kubernetes.client.ApiClient(config)
+        _conn = conn
 
 
 def set_user_agent(user_agent: str) -> None:
     """Names this process in the apiserver's audit log and request logs (which replica
     of the operator wrote what)."""
-    _api().user_agent = user_agent
+    _connection().user_agent = user_agent
 
 
 def server_url() -> str:
     """The apiserver's URL as configured (in a pod: from KUBERNETES_SERVICE_HOST/PORT,
     which needs no cluster DNS)."""
-    return str(_api().configuration.host)
+    return _connection().server
 
 
-def _api() -> kubernetes.client.ApiClient:
-    global _client
+def _connection() -> connection.Connection:
+    global _conn
     with _lock:
-        if _client is None:
-            config = kubernetes.client.Configuration()
-            try:
-                kubernetes.config.load_incluster_config(client_configuration=config)  # type: ignore[no-untyped-call]
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config(client_configuration=config)  # type: ignore[no-untyped-call]
-            config.connection_pool_maxsize = 32
-            _client = kubernetes.client.ApiClient(config)
-        return _client
+        if _conn is None:
+            _conn = connection.load()
+        return _conn
+
+
+def _url(conn: connection.Connection, path: str, query: list[tuple[str, str]] | None) -> str:
+    return f"{conn.server}{path}?{urlencode(query)}" if query else f"{conn.server}{path}"
 
 
 # Called before every write (POST, PUT, PATCH, DELETE) when set: the operator's leader
@@ -164,27 +158,17 @@ def _call(
     guard = write_guard
     if fenced and guard is not None and method in _WRITES:
         guard()
-    api = _api()
+    conn = _connection()
     parts = path.split("?")[0].split("/")
     kind = next((p for p in reversed(parts) if p in _PLURALS), "other")
     if parts[-1] == "status":
         kind += "/status"
     try:
-        # The URL and headers (the token, refreshed) from the client; the body encoded and
-        # sent here, through its connection pool: the client's own path (a recursive
-        # sanitize, the stdlib's json, a response wrapper) was a fifth of the operator's CPU.
-        _, url, headers, _, _ = api.param_serialize(
+        response = conn.pool.request(
             method,
-            path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = api.rest_client.pool_manager.request(
-            method,
-            url,
+            _url(conn, path, query),
             body=None if body is None else orjson.dumps(body),
-            headers=headers,
+            headers=conn.headers(content_type),
             timeout=urllib3.Timeout(total=timeout),
         )
         data = response.data
@@ -263,7 +247,7 @@ def watch_events(
     included) until the server ends the watch (after about `timeout_seconds`). Failures
     raise ApiError."""
     r = resource(api_version, kind)
-    api = _api()
+    conn = _connection()
     query = [
         ("watch", "true"),
         ("resourceVersion", resource_version),
@@ -272,12 +256,13 @@ def watch_events(
     ]
     if label_selector:
         query.append(("labelSelector", label_selector))
-    _, url, headers, _, _ = api.param_serialize(
-        "GET", r.path(namespace), query_params=query, auth_settings=["BearerToken"]
-    )
     try:
-        response = api.rest_client.pool_manager.request(
-            "GET", url, headers=headers, preload_content=False, timeout=timeout_seconds + 30
+        response = conn.pool.request(
+            "GET",
+            _url(conn, r.path(namespace), query),
+            headers=conn.headers(),
+            preload_content=False,
+            timeout=timeout_seconds + 30,
         )
     except Exception as e:  # no answer from the server
         API_REQUESTS.labels("WATCH", r.plural, "none").inc()
@@ -287,8 +272,11 @@ def watch_events(
         if response.status != 200:
             reason = response.reason or ""
             raise ApiError(response.status, reason, _message(response.read(), reason))
-        chunks = response.stream(4096, decode_content=True)
-        buffer = b""
+        chunks = response.stream(65536, decode_content=True)
+        # One event per line. Each chunk is searched once, and the consumed lines leave
+        # the buffer once per chunk: a Deployment's event is several kilobytes, and
+        # re-scanning or re-slicing the whole buffer per line grew with its length.
+        pending = bytearray()
         while True:
             try:
                 chunk = next(chunks, None)
@@ -296,11 +284,16 @@ def watch_events(
                 raise ApiError(0, type(e).__name__, str(e)) from None
             if chunk is None:
                 return
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            search = len(pending)
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", search)) >= 0:
+                line = pending[start:end]
                 if line.strip():
                     yield dict(orjson.loads(line))
+                start = search = end + 1
+            if start:
+                del pending[:start]
     finally:
         response.close()
         response.release_conn()

@@ -4,12 +4,11 @@ holds what the operator applied."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
-
-from kubernetes.utils import parse_quantity
 
 from celery_operator.api.labels import FIELD_MANAGER
 
@@ -127,11 +126,37 @@ def contains(live: Any, desired: Any) -> bool:
 
 
 def _same_quantity(a: str, b: str) -> bool:
+    qa, qb = parse_quantity(a), parse_quantity(b)
+    return qa is not None and qa == qb
+
+
+_QUANTITY = re.compile(
+    r"([+-]?(?:\d+\.?\d*|\.\d+))(?:[eE]([+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?"
+)
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{
+        s: Decimal(10) ** e
+        for s, e in zip("numkMGTPE", (-9, -6, -3, 3, 6, 9, 12, 15, 18), strict=True)
+    },
+}
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A resource.Quantity ("500m", "1Gi", "1e3", "0.5") as a number; None when it is not
+    one. (The kubernetes package has a laxer one: it reads "1mi" and "1 Gi", which the
+    apiserver refuses; the operator does not import that package, see k8s/connection.py.)"""
+    m = _QUANTITY.fullmatch(text)
+    if m is None:
+        return None
+    number, exponent, suffix = m.groups()
     try:
-        qa, qb = parse_quantity(a), parse_quantity(b)  # type: ignore[no-untyped-call]
-    except (ValueError, ArithmeticError):
-        return False
-    return isinstance(qa, Decimal) and qa == qb
+        value = Decimal(number)
+    except ArithmeticError:
+        return None
+    if exponent is not None:
+        return value.scaleb(int(exponent))
+    return value * _SUFFIXES[suffix] if suffix else value
 
 
 def repair_patch(live: Any, desired: Mapping[str, Any]) -> dict[str, Any]:
