@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,6 +179,14 @@ def operator(env: Env, *args: str, src: str | None = None) -> Iterator[subproces
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        # The log is kept only when something went wrong (a run per trial and variant
+        # would otherwise leave a directory behind on the shared machine every time).
+        text = log.read_text(errors="replace")
+        if proc.returncode in (0, -signal.SIGTERM) and "Traceback" not in text:
+            shutil.rmtree(log.parent, ignore_errors=True)
+        else:
+            print(f"operator exited {proc.returncode}; its log: {log}", file=sys.stderr)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
