@@ -325,3 +325,40 @@ def test_every_golden_file_has_a_case() -> None:
 def test_builders_are_deterministic() -> None:
     for case, build in CASES.items():
         assert build() == build(), case
+
+
+def _scribble(x: Any) -> None:
+    """Writes into every map and list of a rendered object, as a caller might."""
+    if isinstance(x, dict):
+        for v in list(x.values()):
+            _scribble(v)
+        x["scribbled"] = True
+    elif isinstance(x, list):
+        for v in list(x):
+            _scribble(v)
+        x.append("scribbled")
+
+
+SHARED_INPUTS: dict[str, Callable[[Any, Any, Any], dict[str, Any]]] = {
+    "worker": lambda app, pool, fl: celeryworkerpool.build_worker_deployment(
+        app, pool, None, replicas=2
+    ),
+    "beat": lambda app, pool, fl: celeryapp.build_beat_deployment(app, None),
+    "flower": lambda app, pool, fl: flower.build_flower_deployment(app, fl, None),
+}
+
+
+@pytest.mark.parametrize("build", list(SHARED_INPUTS.values()), ids=list(SHARED_INPUTS))
+def test_what_a_builder_returns_shares_nothing_with_its_inputs(
+    build: Callable[[Any, Any, Any], dict[str, Any]],
+) -> None:
+    """A builder copies its whole output once, at its end: the models, their podDefaults
+    and the module's defaults (security contexts, the tmp volume) are never handed out."""
+    beat = {"enabled": True, "volumeMounts": [{"name": "shop-ca", "mountPath": "/b"}]}
+    app = o.app(spec={**CA_BUNDLE, "beat": {**beat, "sidecars": [SQL_PROXY]}})
+    pool = o.pool(spec=POD_ADDITIONS)
+    fl = o.flower(spec={"lifecycle": {"preStop": {"sleep": {"seconds": 5}}}, **POD_ADDITIONS})
+    first = build(app, pool, fl)
+    before = yamlio.dump(first)
+    _scribble(first)
+    assert yamlio.dump(build(app, pool, fl)) == before

@@ -95,7 +95,7 @@ def build_flower_deployment(
     cont["readinessProbe"] = _probe(flower, 10, 3)
     cont["livenessProbe"] = {**_probe(flower, 30, 4), "initialDelaySeconds": 30}
     if s.lifecycle:
-        cont["lifecycle"] = c.clone(dict(s.lifecycle))
+        cont["lifecycle"] = dict(s.lifecycle)
     return c.clone(
         {
             "apiVersion": "apps/v1",
