@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
 from celery_operator.k8s import connection
@@ -103,6 +104,22 @@ def test_files_named_relative_to_the_kubeconfig(cluster: Cluster, tmp_path: Path
     )
     status, _ = get(connection.load(str(path)), "/version")
     assert status == 200
+
+
+def test_tls_is_verified_unless_the_kubeconfig_says_insecure(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cfg = kubeconfig_of(cluster)
+    c, u = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
+    user = {k: u[k] for k in ("client-certificate-data", "client-key-data")}
+    # No CA named: the system's CAs do not know the cluster's.
+    unknown = connection.load(str(write_kubeconfig(tmp_path / "a", c["server"], {}, user)))
+    with pytest.raises(urllib3.exceptions.SSLError):
+        unknown.pool.request("GET", unknown.server + "/version", retries=False)
+    insecure = {"insecure-skip-tls-verify": True}
+    conn = connection.load(str(write_kubeconfig(tmp_path / "b", c["server"], insecure, user)))
+    with pytest.warns(urllib3.exceptions.InsecureRequestWarning):  # as the user asked
+        assert get(conn, "/version")[0] == 200
 
 
 def test_a_token_file_is_read_again(

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class Connection:
     pool: urllib3.PoolManager
     authorization: Callable[[], str | None]  # the Authorization header's value, if any
     user_agent: str = "celery-operator"
-    _kept: list[Any] = field(default_factory=list)  # what the authorization needs alive
 
     def headers(self, content_type: str | None = None) -> dict[str, str]:
         h = {"Accept": "application/json", "User-Agent": self.user_agent}
@@ -131,8 +130,7 @@ def from_kubeconfig(path: str | None = None, pool_size: int = 32) -> Connection:
     server = str(c.get("server") or "").rstrip("/")
     if not server:
         raise ConfigError(f"kubeconfig cluster {ctx['context']['cluster']!r} has no server")
-    insecure = bool(c.get("insecure-skip-tls-verify"))
-    return Connection(server, _pool(context, pool_size, insecure), auth)
+    return Connection(server, _pool(context, pool_size), auth)
 
 
 def tls_context(
@@ -163,15 +161,11 @@ def tls_context(
     return context
 
 
-def _pool(context: ssl.SSLContext, pool_size: int, insecure: bool = False) -> urllib3.PoolManager:
-    # urllib3's default retries, as the kubernetes package left them (a refused connection
-    # is tried again, an answer never is).
-    return urllib3.PoolManager(
-        num_pools=4,
-        maxsize=pool_size,
-        ssl_context=context,
-        cert_reqs="CERT_NONE" if insecure else "CERT_REQUIRED",
-    )
+def _pool(context: ssl.SSLContext, pool_size: int) -> urllib3.PoolManager:
+    # urllib3 verifies as the context says (its verify_mode), and keeps its default retries,
+    # as the kubernetes package left them (a refused connection is tried again, an answer
+    # never is).
+    return urllib3.PoolManager(num_pools=4, maxsize=pool_size, ssl_context=context)
 
 
 def _private(path: Path, data: bytes) -> str:
@@ -253,8 +247,7 @@ def _via_kubernetes_package(path: str | None, pool_size: int) -> Connection:
             return None
         return value if value.startswith("Bearer ") else f"Bearer {value}"
 
-    pool = _pool(context, pool_size, insecure=not config.verify_ssl)
-    return Connection(str(config.host).rstrip("/"), pool, authorization, _kept=[config])
+    return Connection(str(config.host).rstrip("/"), _pool(context, pool_size), authorization)
 
 
 def hide_kubernetes_package() -> None:
