@@ -287,8 +287,15 @@ def main() -> None:
 
 def run_convergence(apps: list[int], trials: list[int], before: str) -> dict[str, Any]:
     """The convergence benchmark; the sizes in $BENCH_OPERATOR_ONLY (default 3000) without
-    floor: their memory and requests, not a ratio."""
+    floor: their memory and requests, not a ratio; $BENCH_EXTRAS, see below."""
     alone = tuple(int(x) for x in os.environ.get("BENCH_OPERATOR_ONLY", "3000").split())
+    # $BENCH_EXTRAS: the sizes whose runs also measure idle and an update of every pool
+    # (unset: every size).
+    extras: bool | tuple[int, ...] = (
+        tuple(int(x) for x in os.environ["BENCH_EXTRAS"].split())
+        if "BENCH_EXTRAS" in os.environ
+        else True
+    )
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(convergence.checkout(before)) if before else None
         return convergence.run(
@@ -297,6 +304,7 @@ def run_convergence(apps: list[int], trials: list[int], before: str) -> dict[str
             dict(zip(apps, trials, strict=True)),
             src,
             before,
+            extras=extras,
             operator_only=alone,
         )
 
