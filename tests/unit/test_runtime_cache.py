@@ -181,6 +181,44 @@ def test_cached_bodies_share_their_keys_and_short_strings() -> None:
     assert y == b
 
 
+def test_a_child_shares_with_its_applied_manifest_what_they_hold_alike() -> None:
+    import json
+
+    c = Cache()
+    desired = service(5555)
+    live = json.loads(json.dumps(desired))  # its own copy of everything, as from the watch
+    live["spec"]["clusterIP"] = "10.0.0.7"  # the spec differs: a map of its own
+    live["metadata"]["resourceVersion"] = "6"
+    c.note_applied(live, desired)
+    c.put_child(live, deleted=False)
+    kept, manifest = c.child("owner", "v1/Service", "a", "shop-flower"), c.applied["s1"].desired
+    assert kept == {**live}  # equal to what came, only shared
+    assert kept is not None
+    assert kept["metadata"]["labels"] is manifest["metadata"]["labels"]
+    assert kept["metadata"]["ownerReferences"] is manifest["metadata"]["ownerReferences"]
+    assert kept["spec"]["ports"] is manifest["spec"]["ports"]
+    assert kept["spec"] is not manifest["spec"]
+    assert kept["metadata"] is not manifest["metadata"]
+    # A re-apply of the same manifest shares with the one before it.
+    c.note_applied(live, json.loads(json.dumps(desired)))
+    assert c.applied["s1"].desired["metadata"]["labels"] is manifest["metadata"]["labels"]
+
+
+def test_sharing_is_exact_about_types_and_lengths() -> None:
+    from celery_operator.k8s.objects import compact
+
+    like = compact({"a": {"n": 1}, "b": [1, 2], "c": {"x": 1.0}, "d": {"k": 1}})
+    out = compact({"a": {"n": True}, "b": [1, 2, 3], "c": {"x": 1}, "d": {"k": 1, "j": 2}}, like)
+    assert out == {"a": {"n": True}, "b": [1, 2, 3], "c": {"x": 1}, "d": {"k": 1, "j": 2}}
+    assert type(out["a"]["n"]) is bool
+    assert type(out["c"]["x"]) is int
+    assert out["a"] is not like["a"]
+    assert out["b"] is not like["b"]
+    assert out["d"] is not like["d"]
+    same = compact({"a": {"n": 1}, "b": [1, 2], "c": {"x": 1.0}, "d": {"k": 1}}, like)
+    assert same is like
+
+
 # ---- drift by content ---------------------------------------------------------------------
 def service(port: int, uid: str = "s1", rv: str = "5", **extra_meta: Any) -> dict[str, Any]:
     """A Flower Service: Services have no generation that moves when their spec changes."""
@@ -278,3 +316,21 @@ def test_our_apply_entry_is_kept_only_as_far_as_spec_replicas() -> None:
     kept = c.child("owner", *IDENT)
     assert kept is not None
     assert not owns_field(kept, "celery-operator", "spec", "replicas")
+
+
+def test_what_is_kept_of_our_apply_entries_is_one_object_for_every_body() -> None:
+    entry = {
+        "manager": "celery-operator",
+        "operation": "Apply",
+        "fieldsV1": {"f:spec": {"f:replicas": {}, "f:selector": {}}},
+    }
+    c = Cache()
+    for rv, name in (("7", "w"), ("8", "v")):
+        body = child(rv, ready=1)
+        body["metadata"]["name"] = name
+        body["metadata"]["managedFields"] = [copy.deepcopy(entry)]
+        c.put_child(body, deleted=False)
+    w, v = c.child("owner", *IDENT), c.child("owner", "apps/v1/Deployment", "a", "v")
+    assert w is not None
+    assert v is not None
+    assert w["metadata"]["managedFields"] is v["metadata"]["managedFields"]

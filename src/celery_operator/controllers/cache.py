@@ -8,6 +8,7 @@ controller; pods only when they cannot run.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,12 @@ PodOwner = tuple[str, str, str]  # (namespace, pod component, owner name)
 
 def ident(obj: Mapping[str, Any]) -> Ident:
     meta = obj["metadata"]
-    return (f"{obj['apiVersion']}/{obj['kind']}", meta.get("namespace", ""), meta["name"])
+    # Interned: the key of every child the cache holds (one "apps/v1/Deployment" for all).
+    return (
+        sys.intern(f"{obj['apiVersion']}/{obj['kind']}"),
+        meta.get("namespace", ""),
+        meta["name"],
+    )
 
 
 @dataclass(frozen=True)
@@ -219,16 +225,19 @@ class Cache:
                 and current["metadata"].get("resourceVersion") == meta.get("resourceVersion")
             ):
                 return owner, False  # the echo of our own write: already kept as it is
-            kept = owned[key] = slim(body, child=True)
             ours = self.applied.get(uid)
+            # What the child holds as applied is shared with the manifest, not kept twice.
+            kept = owned[key] = slim(body, child=True, like=ours and ours.desired)
             return owner, ours is not None and not ours.holds(kept)
 
     def note_applied(self, live: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
         """The operator applied `desired`; `live` is the server's answer."""
         meta = live.get("metadata") or {}
-        applied = Applied(int(meta.get("generation", 0)), slim(desired, child=True))
+        uid = meta.get("uid", "")
         with self.lock:
-            self.applied[meta.get("uid", "")] = applied
+            before = self.applied.get(uid)
+            kept = slim(desired, child=True, like=before and before.desired)
+            self.applied[uid] = Applied(int(meta.get("generation", 0)), kept)
 
     def holds_applied(self, child: Mapping[str, Any]) -> bool:
         """The cached child is as the operator last applied it (False: never applied by

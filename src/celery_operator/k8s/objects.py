@@ -42,25 +42,23 @@ def compare_resource_versions(a: str, b: str) -> int | None:
     return (a > b) - (a < b)
 
 
-def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
+def slim(body: Mapping[str, Any], *, child: bool = False, like: Any = None) -> dict[str, Any]:
     """The body as the cache keeps it: without `metadata.managedFields` (but for whether
     the operator's own apply entry owns spec.replicas, which the replica hand-off reads)
     and without kubectl's last-applied annotation (a second copy of the object). A child
     also loses its pod
     template: nothing reads it from the cache (the applied-hash annotation and the
-    generation say whether a child is as rendered), and it is most of a Deployment."""
+    generation say whether a child is as rendered), and it is most of a Deployment.
+
+    `like`: a body kept already (the manifest the operator applied, the child's previous
+    version) whose equal parts the copy shares instead of holding its own (see
+    `compact`)."""
     meta = body.get("metadata")
     if not isinstance(meta, dict):
         return dict(body)
     m = dict(meta)
     managed = m.pop("managedFields", None) or []
-    ours = [
-        _replicas_only(e)
-        for e in managed
-        if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply"
-    ]
-    if ours:
-        m["managedFields"] = ours
+    ours = _ours(managed)
     annotations = m.get("annotations")
     if annotations and LAST_APPLIED in annotations:
         m["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
@@ -68,28 +66,64 @@ def slim(body: Mapping[str, Any], *, child: bool = False) -> dict[str, Any]:
     spec = body.get("spec")
     if child and isinstance(spec, dict) and "template" in spec:
         out["spec"] = {k: v for k, v in spec.items() if k != "template"}
-    kept: dict[str, Any] = compact(out)
+    kept: dict[str, Any] = compact(out, like)
+    if ours:
+        kept = {**kept, "metadata": {**kept["metadata"], "managedFields": ours}}
     return kept
 
 
-def _replicas_only(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Our apply entry as far as the cache needs it: whether it owns spec.replicas (its
-    fieldsV1 otherwise maps every field of the manifest, pod template included)."""
-    fields = entry.get("fieldsV1") or {}
-    kept: dict[str, Any] = {}
-    if "f:spec" in fields:
-        spec = fields["f:spec"] or {}
-        kept["f:spec"] = {"f:replicas": {}} if "f:replicas" in spec else {}
-    return {"manager": entry["manager"], "operation": entry["operation"], "fieldsV1": kept}
+# Our apply entries as far as the cache needs them: whether one owns spec.replicas (their
+# fieldsV1 otherwise map every field of the manifest, pod template included). There are
+# three such stubs, and few lists of them: every cached body shares them (read-only).
+_STUBS: dict[int, dict[str, Any]] = {
+    shape: {"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": fields}
+    for shape, fields in (
+        (0, {}),
+        (1, {"f:spec": {}}),
+        (2, {"f:spec": {"f:replicas": {}}}),
+    )
+}
+_STUB_LISTS: dict[tuple[int, ...], list[dict[str, Any]]] = {}
 
 
-def compact(value: Any) -> Any:
+def _ours(managed: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    shapes = []
+    for e in managed:
+        if e.get("manager") == FIELD_MANAGER and e.get("operation") == "Apply":
+            fields = e.get("fieldsV1") or {}
+            spec = fields.get("f:spec")
+            shapes.append(0 if spec is None else 2 if "f:replicas" in (spec or {}) else 1)
+    if not shapes:
+        return []
+    key = tuple(shapes)
+    if key not in _STUB_LISTS and len(_STUB_LISTS) < 64:
+        _STUB_LISTS[key] = [_STUBS[s] for s in key]
+    return _STUB_LISTS.get(key) or [_STUBS[s] for s in key]
+
+
+def compact(value: Any, like: Any = None) -> Any:
     """A copy whose keys and short strings are interned: every body from the watch has its
-    own copy of "apiVersion", "metadata", "True", "Ready"..., a third of a cached body."""
+    own copy of "apiVersion", "metadata", "True", "Ready"..., a third of a cached body.
+
+    Where `like` (a copy made by this function, never changed after) holds a map or list
+    equal to the one at the same place in `value` (the same keys, items of the same types
+    and values), the copy takes `like`'s instead of a new one: a child as the cache keeps
+    it and the manifest last applied to it share their labels, owner references, selector
+    and most of their spec. Exact: 1 and True or 1 and 1.0 are not taken for each other."""
     if isinstance(value, dict):
-        return {sys.intern(k): compact(v) for k, v in value.items()}
+        if not isinstance(like, dict):
+            return {sys.intern(k): compact(v) for k, v in value.items()}
+        out = {sys.intern(k): compact(v, like.get(k)) for k, v in value.items()}
+        if len(out) == len(like) and all(k in like and like[k] is v for k, v in out.items()):
+            return like
+        return out
     if isinstance(value, list):
-        return [compact(v) for v in value]
+        if not isinstance(like, list) or len(like) != len(value):
+            return [compact(v) for v in value]
+        items = [compact(v, w) for v, w in zip(value, like, strict=True)]
+        return like if all(a is b for a, b in zip(items, like, strict=True)) else items
+    if like is not None and type(like) is type(value) and like == value:
+        return like
     if isinstance(value, str) and len(value) <= 64:
         return sys.intern(value)
     return value
