@@ -50,9 +50,9 @@ def slim(body: Mapping[str, Any], *, child: bool = False, like: Any = None) -> d
     template: nothing reads it from the cache (the applied-hash annotation and the
     generation say whether a child is as rendered), and it is most of a Deployment.
 
-    `like`: a body kept already (the manifest the operator applied, the child's previous
-    version) whose equal parts the copy shares instead of holding its own (see
-    `compact`)."""
+    `like`: a body kept already (for a child, the manifest last applied to it; for a
+    manifest, the one applied before it) whose equal parts the copy shares instead of
+    holding its own (see `compact`)."""
     meta = body.get("metadata")
     if not isinstance(meta, dict):
         return dict(body)
