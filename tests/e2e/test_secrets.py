@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -342,18 +343,14 @@ def test_a_restart_of_the_operator_rolls_nothing(
             if ns.get("status", {}).get("phase") == "Active"
         }
         assert doomed not in active
-        totals = {
-            kind: sum(
-                1
-                for o in json.loads(cluster.kubectl("get", plural, "-A", "-o", "json"))["items"]
-                if o["metadata"]["namespace"] in active and "deletionTimestamp" not in o["metadata"]
-            )
-            for kind, plural in (
-                ("app", "celeryapps"),
-                ("pool", "celeryworkerpools"),
-                ("flower", "flowers"),
-            )
-        }
+        listed = cluster.kubectl("get", "celeryapps,celeryworkerpools,flowers", "-A", "-o", "json")
+        kinds = {"CeleryApp": "app", "CeleryWorkerPool": "pool", "Flower": "flower"}
+        totals = Counter(
+            kinds[o["kind"]]
+            for o in json.loads(listed)["items"]
+            if o["metadata"]["namespace"] in active
+        )
+        assert set(totals) == set(kinds.values()), totals
         wait_for(
             "the restarted operator to reconcile every app, pool and Flower",
             lambda: all(
