@@ -11,7 +11,9 @@ equal priority and fails over in about a minute).
   (less than the lease duration, so before anyone may take over) it exits at once.
 - Every write of the process passes `guard` first (k8s.client.write_guard): a leader whose
   last renewal is older than the renew deadline (stopped, starved, partitioned: SIGCONT
-  after SIGSTOP) exits before the write. Two leaders never write.
+  after SIGSTOP) exits before the write. Two leaders never write, but for one window no
+  check can close: a write that passed the guard (its request already built) when the
+  process was stopped goes out when it resumes, before the next check exits it.
 - On a clean shutdown the leader releases the Lease: a standby takes over at once.
 """
 

@@ -155,21 +155,22 @@ def _call(
     timeout: float = 30,
     fenced: bool = True,
 ) -> dict[str, Any]:
-    guard = write_guard
-    if fenced and guard is not None and method in _WRITES:
-        guard()
     conn = _connection()
     parts = path.split("?")[0].split("/")
     kind = next((p for p in reversed(parts) if p in _PLURALS), "other")
     if parts[-1] == "status":
         kind += "/status"
+    url, headers = _url(conn, path, query), conn.headers(content_type)
+    payload = None if body is None else orjson.dumps(body)
+    # The fence goes last, once the request is ready (the body encoded, a token file
+    # re-read): the less a stopped process can have left to do between the check and the
+    # send, the smaller the window in which a write checked before a SIGSTOP goes out after.
+    guard = write_guard
+    if fenced and guard is not None and method in _WRITES:
+        guard()
     try:
         response = conn.pool.request(
-            method,
-            _url(conn, path, query),
-            body=None if body is None else orjson.dumps(body),
-            headers=conn.headers(content_type),
-            timeout=urllib3.Timeout(total=timeout),
+            method, url, body=payload, headers=headers, timeout=urllib3.Timeout(total=timeout)
         )
         data = response.data
     except Exception as e:  # connection refused, timeout, TLS: no answer from the server
