@@ -114,6 +114,24 @@ def test_a_leader_past_its_renew_deadline_fences_its_writes(
     assert b.leading is False
 
 
+def test_a_leader_stopped_past_its_deadline_does_not_renew_when_it_resumes(
+    cluster: Cluster, config: ElectionConfig
+) -> None:
+    """Stopped between its look at the Lease and the renewal (SIGSTOP mid-renewal): when
+    it resumes past its renew deadline, the renewal is a write it must not make."""
+    lost: list[str] = []
+    clock = Clock()
+    a = elector(config, "a", lost, clock)
+    a.acquire()
+    version = cluster.get("lease", config.name, config.namespace)["metadata"]["resourceVersion"]
+    clock.skew += config.renew_deadline
+    assert a._try() is False
+    assert len(lost) == 1, lost
+    assert "lease not renewed for" in lost[0], lost
+    after = cluster.get("lease", config.name, config.namespace)["metadata"]["resourceVersion"]
+    assert after == version, "the stopped leader wrote the Lease"
+
+
 def test_the_renewal_loop_gives_up_when_the_lease_is_taken(
     cluster: Cluster, config: ElectionConfig
 ) -> None:

@@ -11,7 +11,8 @@ equal priority and fails over in about a minute).
   (less than the lease duration, so before anyone may take over) it exits at once.
 - Every write of the process passes `guard` first (k8s.client.write_guard): a leader whose
   last renewal is older than the renew deadline (stopped, starved, partitioned: SIGCONT
-  after SIGSTOP) exits before the write. Two leaders never write, but for one window no
+  after SIGSTOP) exits before the write; so does a renewal that finds itself past the
+  deadline after its look at the Lease. Two leaders never write, but for one window no
   check can close: a write that passed the guard (its request already built) when the
   process was stopped goes out when it resumes, before the next check exits it.
 - On a clean shutdown the leader releases the Lease: a standby takes over at once.
@@ -157,6 +158,7 @@ class LeaderElector:
         """One look at the Lease: create, renew or take it. False: someone else holds it
         (or the apiserver did not answer, or another candidate wrote first)."""
         c = self.config
+        renewing = self.leading
         try:
             lease = client.get_object(LEASE_API, "Lease", c.name, c.namespace)
             now, wall = self.clock(), time.time()
@@ -177,9 +179,13 @@ class LeaderElector:
                 self._note_holder(str(record_of(lease)[0]))
                 if not ok:
                     return False
-                lease = client.replace_object(
-                    taken(lease, self.me, wall, c.lease_duration), fenced=False
-                )
+                renewed = taken(lease, self.me, wall, c.lease_duration)
+                # A renewal is a write too: a leader stopped between its look at the Lease
+                # and this write is past its deadline when it resumes, and must not write.
+                if renewing and (why := self._past_deadline()) is not None:
+                    self.on_lost(why)
+                    return False
+                lease = client.replace_object(renewed, fenced=False)
         except client.ApiError as e:
             if not e.conflict:
                 log.warning("lease %s/%s: %s", c.namespace, c.name, e)
@@ -212,13 +218,16 @@ class LeaderElector:
 
     def guard(self) -> None:
         """Before a write: a leader that may no longer hold the Lease never writes."""
+        if (why := self._past_deadline()) is not None:
+            self.on_lost(why)
+
+    def _past_deadline(self) -> str | None:
+        """Why this process may no longer write (None: it leads, renewed in time)."""
         renewed = self._renewed_at
         if renewed is None or not self.leading:
-            self.on_lost("not the leader")
-            return
+            return "not the leader"
         late = self.clock() - renewed
-        if late >= self.config.renew_deadline:
-            self.on_lost(f"lease not renewed for {late:.1f}s")
+        return f"lease not renewed for {late:.1f}s" if late >= self.config.renew_deadline else None
 
     def release(self) -> None:
         """On a clean shutdown: give the Lease up, so a standby leads at once."""
